@@ -1,0 +1,173 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Once};
+
+use deltalake::{DeltaTableBuilder, ObjectStore, Path};
+use object_store::ObjectStoreExt;
+use futures::TryStreamExt;
+use url::Url;
+
+use crate::{EngineError, Result};
+
+/// Where tables live and how to reach them.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// A local directory (created if missing) or an `s3://`, `gs://`, `az://` URL.
+    pub url: String,
+    /// Object-store options (`aws_endpoint`, `aws_allow_http`, ...). The usual environment
+    /// variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) are read as well.
+    pub options: HashMap<String, String>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            url: "./data".into(),
+            options: HashMap::new(),
+        }
+    }
+}
+
+/// An opened storage root.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: Url,
+    options: HashMap<String, String>,
+    store: Arc<dyn ObjectStore>,
+}
+
+static REGISTER: Once = Once::new();
+
+fn register_cloud_handlers() {
+    REGISTER.call_once(|| {
+        deltalake::aws::register_handlers(None);
+        deltalake::gcp::register_handlers(None);
+        deltalake::azure::register_handlers(None);
+    });
+}
+
+impl Storage {
+    /// Opens the root and proves it is writable, so a bad setting fails here with a message
+    /// naming the setting instead of deep inside the first commit.
+    pub async fn open(opts: &StorageOptions) -> Result<Self> {
+        register_cloud_handlers();
+        let root = root_url(&opts.url)?;
+        // On S3, Delta commits are conditional puts (If-None-Match: *), which S3 and
+        // compatible stores honour: no lock service and no unsafe renames are needed.
+        let options = opts.options.clone();
+        let store = DeltaTableBuilder::from_url(root.clone())
+            .map_err(|e| EngineError::config(format!("storage URL `{}`: {e}", opts.url)))?
+            .with_storage_options(options.clone())
+            .build_storage()
+            .map_err(|e| EngineError::config(format!("storage URL `{}`: {e}", opts.url)))?
+            .object_store(None);
+        let storage = Self { root, options, store };
+        storage.probe().await?;
+        Ok(storage)
+    }
+
+    async fn probe(&self) -> Result<()> {
+        let path = Path::from(format!(".strata-probe-{}", uuid::Uuid::new_v4()));
+        self.store
+            .put(&path, object_store::PutPayload::from_static(b"probe"))
+            .await
+            .map_err(|e| {
+                EngineError::config(format!(
+                    "storage root {} is not writable ({e}); check STRATA_STORAGE_URL and the credentials",
+                    self.root
+                ))
+            })?;
+        let _ = self.store.delete(&path).await;
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    pub fn options(&self) -> &HashMap<String, String> {
+        &self.options
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// `<root>/tables/<name>/`
+    pub fn table_url(&self, name: &str) -> Url {
+        let mut url = self.root.clone();
+        let path = format!("{}/tables/{name}/", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url
+    }
+
+    /// Names of the Delta tables under `<root>/tables/` (directories holding a `_delta_log`).
+    pub async fn list_tables(&self) -> Result<Vec<String>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&Path::from("tables")))
+            .await;
+        let listing = match listing {
+            Ok(l) => l,
+            Err(deltalake::ObjectStoreError::NotFound { .. }) => return Ok(vec![]),
+            Err(e) => return Err(EngineError::Internal(format!("listing tables: {e}"))),
+        };
+        let mut names = Vec::new();
+        for prefix in listing.common_prefixes {
+            let Some(name) = prefix.filename() else { continue };
+            let log = Path::from(format!("tables/{name}/_delta_log"));
+            let mut entries = self.store.list(Some(&log));
+            if entries.try_next().await.ok().flatten().is_some() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// `./data` -> `file:///abs/data/`; URLs pass through with a trailing slash.
+fn root_url(s: &str) -> Result<Url> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(EngineError::config("storage URL is empty; set --storage-url or STRATA_STORAGE_URL"));
+    }
+    let mut url = if s.contains("://") {
+        Url::parse(s).map_err(|e| EngineError::config(format!("storage URL `{s}` is not a URL: {e}")))?
+    } else {
+        let path = std::path::Path::new(s);
+        std::fs::create_dir_all(path).map_err(|e| {
+            EngineError::config(format!("cannot create storage directory `{s}`: {e}; choose a writable --storage-url"))
+        })?;
+        let abs = path
+            .canonicalize()
+            .map_err(|e| EngineError::config(format!("storage directory `{s}`: {e}")))?;
+        Url::from_directory_path(&abs)
+            .map_err(|_| EngineError::config(format!("storage directory `{s}` is not an absolute path")))?
+    };
+    if url.scheme() == "file" {
+        let p = url.to_file_path().map_err(|_| EngineError::config(format!("bad file URL `{s}`")))?;
+        std::fs::create_dir_all(&p).map_err(|e| {
+            EngineError::config(format!("cannot create storage directory `{}`: {e}", p.display()))
+        })?;
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = root_url(dir.path().join("x").to_str().unwrap()).unwrap();
+        assert_eq!(u.scheme(), "file");
+        assert!(u.path().ends_with("/x/"));
+        assert_eq!(root_url("s3://b/root").unwrap().as_str(), "s3://b/root/");
+        assert!(matches!(root_url(""), Err(EngineError::Config(_))));
+    }
+}

@@ -1,0 +1,36 @@
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::file::metadata::SortingColumn;
+use deltalake::parquet::schema::types::ColumnPath;
+
+use crate::table::TableSpec;
+
+/// Parquet settings of every file Strata writes: zstd, dictionaries for the low-cardinality
+/// strings, bloom filters on the subject columns (GDPR lookups skip files without reading
+/// them), rows ordered by `occurred_at`.
+pub fn writer_properties(spec: &TableSpec) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        // Level 1: ingest is CPU-bound on 2 cores; compaction may recompress harder.
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("1 is a valid zstd level")))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(256 * 1024));
+    for col in spec.high_cardinality {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+    }
+    for col in spec.bloom_columns {
+        let path = ColumnPath::from(*col);
+        b = b
+            .set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_fpp(path.clone(), 0.01)
+            .set_column_bloom_filter_max_ndv(path, 50_000);
+    }
+    if let Some(idx) = spec.sort_column_index() {
+        b = b.set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: idx as i32,
+            descending: false,
+            nulls_first: false,
+        }]));
+    }
+    b.build()
+}

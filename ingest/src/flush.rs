@@ -1,0 +1,216 @@
+//! One flush: decode every pending message, drop retries, keep rejects, and commit
+//! dead letters first, then each event table, each commit carrying its partitions' offsets.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use arrow::array::{Array, BooleanArray, StringArray};
+use arrow::compute::filter_record_batch;
+use strata_engine::{EngineError, EventTable, TxnUpdate};
+use strata_schemas::{DeadLetter, DeadLetterBuilder, EventDecoder, EventKind, RawMessage};
+use tracing::{debug, info, warn};
+
+use crate::dedupe::uuid_key;
+use crate::partition::PartitionState;
+use crate::{IngestError, IngestMetrics, Result};
+
+/// The tables ingest writes.
+pub(crate) struct Tables {
+    pub(crate) events: HashMap<EventKind, EventTable>,
+    pub(crate) dead_letters: EventTable,
+}
+
+impl Tables {
+    pub(crate) fn event(&mut self, kind: EventKind) -> &mut EventTable {
+        self.events.get_mut(&kind).expect("a table is opened for every bound kind")
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FlushOutcome {
+    pub(crate) rows: u64,
+    pub(crate) rejected: u64,
+    pub(crate) duplicates: u64,
+    /// Partitions another consumer has advanced: their pending messages were dropped and
+    /// they must be re-initialised from the table.
+    pub(crate) fenced: Vec<(String, i32)>,
+    /// (topic, partition, next offset) committed, for Kafka's advisory offsets.
+    pub(crate) committed: Vec<(String, i32, i64)>,
+}
+
+pub(crate) async fn flush(
+    parts: &mut [PartitionState],
+    tables: &mut Tables,
+    metrics: &IngestMetrics,
+) -> Result<FlushOutcome> {
+    let started = Instant::now();
+    let mut out = FlushOutcome::default();
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut letters = DeadLetterBuilder::default();
+    let mut dlq_txns = Vec::new();
+    let mut per_kind: HashMap<EventKind, (Vec<arrow::array::RecordBatch>, Vec<TxnUpdate>, Vec<usize>)> = HashMap::new();
+
+    for kind in EventKind::ALL {
+        let members: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].kind == kind && !parts[i].pending.is_empty()).collect();
+        if members.is_empty() {
+            continue;
+        }
+        // One decode call per kind over all its partitions' messages.
+        let mut raw: Vec<RawMessage<'_>> = Vec::new();
+        let mut origin: Vec<(usize, usize)> = Vec::new();
+        for &m in &members {
+            let p = &parts[m];
+            for (i, msg) in p.pending.raw(p.partition).enumerate() {
+                raw.push(msg);
+                origin.push((m, i));
+            }
+        }
+        let decoded = EventDecoder::new(kind).decode(&raw, now_us)?;
+        drop(raw);
+        metrics.events_in.with_label_values(&[kind.table()]).inc_by(origin.len() as u64);
+
+        // Producer retries: an id already committed (window) or seen earlier in this flush.
+        let ids = decoded
+            .batch
+            .column_by_name("event_id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| IngestError::Internal("decoded batch lacks event_id".into()))?;
+        let mut seen: HashMap<usize, HashSet<u128>> = HashMap::new();
+        let mut keep = Vec::with_capacity(ids.len());
+        let mut dups = 0u64;
+        for (row, &src) in decoded.source_index.iter().enumerate() {
+            let (m, _) = origin[src];
+            let id = uuid_key(ids.value(row)).unwrap_or_default();
+            let fresh = !parts[m].window.contains(id) && seen.entry(m).or_default().insert(id);
+            dups += u64::from(!fresh);
+            keep.push(fresh);
+        }
+        let batch = if dups > 0 { filter_record_batch(&decoded.batch, &BooleanArray::from(keep))? } else { decoded.batch };
+        metrics.duplicates.with_label_values(&[kind.table()]).inc_by(dups);
+        out.duplicates += dups;
+
+        let mut rejected_here = 0u64;
+        let mut dlq_parts: HashSet<usize> = HashSet::new();
+        for reject in &decoded.rejects {
+            let (m, i) = origin[reject.index];
+            let p = &parts[m];
+            let offset = p.pending.offsets[i];
+            rejected_here += 1;
+            // Already kept before a restart: the dead-letter commit went through, the
+            // table commit did not.
+            if p.dlq_next.is_some_and(|next| offset < next) {
+                continue;
+            }
+            let payload = p.pending.payload(i);
+            let (text, lossy) = match std::str::from_utf8(payload) {
+                Ok(s) => (s.to_string(), false),
+                Err(_) => (String::from_utf8_lossy(payload).into_owned(), true),
+            };
+            letters.push(DeadLetter {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset,
+                key: p.pending.key(i).map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: text,
+                payload_is_lossy: lossy,
+                reason: reject.reason.clone(),
+                received_at_us: now_us,
+            });
+            dlq_parts.insert(m);
+        }
+        metrics.rejected.with_label_values(&[kind.table()]).inc_by(rejected_here);
+        out.rejected += rejected_here;
+        for m in dlq_parts {
+            let p = &parts[m];
+            dlq_txns.push((m, TxnUpdate { app_id: p.app_id.clone(), expected: p.dlq_next, next: p.position }));
+        }
+
+        let txns = members
+            .iter()
+            .map(|&m| TxnUpdate { app_id: parts[m].app_id.clone(), expected: parts[m].table_next, next: parts[m].position })
+            .collect();
+        per_kind.insert(kind, (vec![batch], txns, members));
+    }
+
+    // Dead letters first: if we crash before the event commit, the replay skips them.
+    if !letters.is_empty() {
+        let batch = letters.finish();
+        let txns: Vec<TxnUpdate> = dlq_txns.iter().map(|(_, t)| t.clone()).collect();
+        match tables.dead_letters.append(&[batch], &txns).await {
+            Ok(done) => {
+                metrics.commit_retries.inc_by(done.retries as u64);
+                metrics.flushed_rows.with_label_values(&[tables.dead_letters.name()]).inc_by(done.rows as u64);
+                metrics.flushed_files.with_label_values(&[tables.dead_letters.name()]).inc_by(done.files as u64);
+                for (m, t) in &dlq_txns {
+                    parts[*m].dlq_next = Some(t.next);
+                }
+            }
+            Err(EngineError::Fenced { app_id, .. }) => {
+                warn!(%app_id, table = "dead_letters", "partition owned by another consumer; re-reading it");
+                metrics.fenced.inc();
+                for p in parts.iter_mut() {
+                    if !p.pending.is_empty() {
+                        out.fenced.push((p.topic.clone(), p.partition));
+                        p.pending.clear();
+                    }
+                }
+                return Ok(out);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    for (kind, (batches, txns, members)) in per_kind {
+        let table = tables.event(kind);
+        match table.append(&batches, &txns).await {
+            Ok(done) => {
+                metrics.commit_retries.inc_by(done.retries as u64);
+                metrics.flushed_rows.with_label_values(&[kind.table()]).inc_by(done.rows as u64);
+                metrics.flushed_files.with_label_values(&[kind.table()]).inc_by(done.files as u64);
+                out.rows += done.rows as u64;
+                debug!(table = kind.table(), version = done.version, rows = done.rows, files = done.files, "committed");
+                let ids = batches[0]
+                    .column_by_name("event_id")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned();
+                let partitions = batches[0].column_by_name("kafka_partition").cloned();
+                for &m in &members {
+                    let p = &mut parts[m];
+                    p.table_next = Some(p.position);
+                    out.committed.push((p.topic.clone(), p.partition, p.position));
+                }
+                // Remember the committed ids for the retry window of each partition.
+                if let (Some(ids), Some(pcol)) = (ids, partitions) {
+                    let pcol = pcol.as_any().downcast_ref::<arrow::array::Int32Array>().expect("kafka_partition is Int32");
+                    for row in 0..ids.len() {
+                        let part = pcol.value(row);
+                        if let Some(m) = members.iter().copied().find(|&m| parts[m].partition == part) {
+                            if let Some(id) = uuid_key(ids.value(row)) {
+                                parts[m].window.insert(id);
+                            }
+                        }
+                    }
+                }
+                for &m in &members {
+                    parts[m].pending.clear();
+                }
+            }
+            Err(EngineError::Fenced { app_id, expected, found }) => {
+                warn!(%app_id, ?expected, ?found, table = kind.table(), "partition owned by another consumer; re-reading it");
+                metrics.fenced.inc();
+                for &m in &members {
+                    let p = &mut parts[m];
+                    out.fenced.push((p.topic.clone(), p.partition));
+                    p.pending.clear();
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let elapsed = started.elapsed();
+    metrics.flush_seconds.observe(elapsed.as_secs_f64());
+    if out.rows > 0 || out.rejected > 0 {
+        info!(rows = out.rows, rejected = out.rejected, duplicates = out.duplicates, ms = elapsed.as_millis() as u64, "flushed");
+    }
+    Ok(out)
+}

@@ -1,0 +1,252 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use strata_engine::{EventTable, Storage, TableSpec};
+use tracing::{info, warn};
+
+use crate::consumer::{connect, is_transient, IngestConsumer, RebalanceEvent};
+use crate::dedupe::{uuid_key, DedupeWindow};
+use crate::flush::{flush, Tables};
+use crate::partition::{PartitionState, PendingMessages};
+use crate::{app_id, IngestMetrics, IngestOptions, Result};
+
+/// Totals of one ingest run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct IngestReport {
+    pub consumed: u64,
+    pub rows_committed: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub flushes: u64,
+    pub fenced: u64,
+}
+
+/// Consumes until `shutdown` resolves, then flushes and commits what it holds.
+pub async fn run(
+    opts: IngestOptions,
+    storage: Storage,
+    metrics: IngestMetrics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<IngestReport> {
+    let (tx, rx) = channel();
+    let consumer = connect(&opts, tx)?;
+    let mut tables = open_tables(&storage, &opts).await?;
+    let mut lp = Loop { opts, consumer, rx, parts: Vec::new(), report: IngestReport::default(), metrics };
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                lp.apply_rebalances(&mut tables).await?;
+                lp.retry_seeks();
+                if lp.flush_due() {
+                    lp.flush(&mut tables).await?;
+                }
+                lp.update_lag();
+            }
+            msg = lp.consumer.recv() => {
+                match msg {
+                    Ok(m) => {
+                        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+                        let key = m.key().map(|k| k.to_vec());
+                        let payload = m.payload().unwrap_or_default().to_vec();
+                        drop(m);
+                        lp.apply_rebalances(&mut tables).await?;
+                        lp.accept(&topic, partition, offset, key.as_deref(), &payload);
+                        if lp.flush_full() {
+                            lp.flush(&mut tables).await?;
+                        }
+                    }
+                    Err(e) if is_transient(&e) => {
+                        warn!(error = %e, "kafka");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    info!("shutting down: flushing what is buffered");
+    lp.apply_rebalances(&mut tables).await?;
+    lp.flush(&mut tables).await?;
+    lp.consumer.unsubscribe();
+    Ok(lp.report)
+}
+
+async fn open_tables(storage: &Storage, opts: &IngestOptions) -> Result<Tables> {
+    let mut events = HashMap::new();
+    for binding in &opts.topics {
+        if !events.contains_key(&binding.kind) {
+            events.insert(binding.kind, EventTable::open_or_create(storage, TableSpec::for_events(binding.kind)).await?);
+        }
+    }
+    let dead_letters = EventTable::open_or_create(storage, TableSpec::dead_letters()).await?;
+    Ok(Tables { events, dead_letters })
+}
+
+struct Loop {
+    opts: IngestOptions,
+    consumer: IngestConsumer,
+    rx: Receiver<RebalanceEvent>,
+    parts: Vec<PartitionState>,
+    report: IngestReport,
+    metrics: IngestMetrics,
+}
+
+impl Loop {
+    fn find(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionState> {
+        self.parts.iter_mut().find(|p| p.partition == partition && p.topic == topic)
+    }
+
+    fn accept(&mut self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+        let Some(p) = self.find(topic, partition) else {
+            // A message of a partition no longer (or not yet) ours: the owner reads it.
+            return;
+        };
+        if offset < p.position {
+            return; // committed (or buffered) already: a replay after a seek or restart
+        }
+        if offset > p.position && p.pending.is_empty() && p.table_next.is_some() {
+            warn!(topic, partition, expected = p.position, got = offset, "offset gap (retention or compaction)");
+        }
+        p.pending.push(offset, key, payload);
+        p.position = offset + 1;
+        self.report.consumed += 1;
+    }
+
+    fn pending_rows(&self) -> usize {
+        self.parts.iter().map(|p| p.pending.len()).sum()
+    }
+
+    fn flush_full(&self) -> bool {
+        self.pending_rows() >= self.opts.flush_rows
+            || self.parts.iter().map(|p| p.pending.bytes()).sum::<usize>() >= self.opts.flush_bytes
+    }
+
+    fn flush_due(&self) -> bool {
+        self.flush_full()
+            || self
+                .parts
+                .iter()
+                .filter_map(|p| p.pending.first_at)
+                .any(|t| t.elapsed() >= self.opts.flush_age)
+    }
+
+    async fn flush(&mut self, tables: &mut Tables) -> Result<()> {
+        if self.pending_rows() == 0 {
+            return Ok(());
+        }
+        let out = flush(&mut self.parts, tables, &self.metrics).await?;
+        self.report.flushes += 1;
+        self.report.rows_committed += out.rows;
+        self.report.rejected += out.rejected;
+        self.report.duplicates += out.duplicates;
+        if !out.committed.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition, next) in &out.committed {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            }
+            // Advisory only (lag monitoring); the table holds the real offsets.
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                warn!(error = %e, "committing advisory offsets to Kafka");
+            }
+        }
+        if !out.fenced.is_empty() {
+            self.report.fenced += out.fenced.len() as u64;
+            self.init_partitions(tables, &out.fenced).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_rebalances(&mut self, tables: &mut Tables) -> Result<()> {
+        while let Ok(event) = self.rx.try_recv() {
+            match event {
+                RebalanceEvent::Revoked(list) => {
+                    // Uncommitted messages of revoked partitions are dropped: the new owner
+                    // reads them again from the offsets in the table.
+                    self.parts.retain(|p| !list.iter().any(|(t, n)| *t == p.topic && *n == p.partition));
+                }
+                RebalanceEvent::Assigned(list) => self.init_partitions(tables, &list).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// (Re)starts partitions from the offsets stored in the tables.
+    async fn init_partitions(&mut self, tables: &mut Tables, list: &[(String, i32)]) -> Result<()> {
+        tables.dead_letters.refresh().await?;
+        let mut refreshed = Vec::new();
+        for (topic, partition) in list {
+            let Some(kind) = self.opts.kind_of(topic) else { continue };
+            if !refreshed.contains(&kind) {
+                tables.event(kind).refresh().await?;
+                refreshed.push(kind);
+            }
+            let id = app_id(&self.opts.group, topic, *partition);
+            let ids = [id.clone()];
+            let table_next = tables.event(kind).txn_versions(&ids).await?.remove(&id).flatten();
+            let dlq_next = tables.dead_letters.txn_versions(&ids).await?.remove(&id).flatten();
+            let mut window = DedupeWindow::new(self.opts.dedupe_window);
+            if let (Some(next), true) = (table_next, self.opts.dedupe_window > 0) {
+                let from = next.saturating_sub(self.opts.dedupe_window as i64);
+                for id in tables.event(kind).recent_event_ids(*partition, from).await? {
+                    if let Some(k) = uuid_key(&id) {
+                        window.insert(k);
+                    }
+                }
+            }
+            info!(topic = %topic, partition, ?table_next, ?dlq_next, window = window.len(), "partition starts from the table's offsets");
+            self.parts.retain(|p| !(p.topic == *topic && p.partition == *partition));
+            self.parts.push(PartitionState {
+                topic: topic.clone(),
+                partition: *partition,
+                kind,
+                app_id: id,
+                table_next,
+                dlq_next,
+                position: table_next.unwrap_or(0),
+                needs_seek: true,
+                pending: PendingMessages::default(),
+                window,
+            });
+        }
+        self.retry_seeks();
+        Ok(())
+    }
+
+    /// Points the client at the offsets from the table. A seek can fail while the
+    /// assignment is still settling; it is retried on every tick until it is accepted.
+    fn retry_seeks(&mut self) {
+        for p in self.parts.iter_mut().filter(|p| p.needs_seek) {
+            let offset = match p.table_next {
+                Some(n) => Offset::Offset(n),
+                None => Offset::Beginning,
+            };
+            match self.consumer.seek(&p.topic, p.partition, offset, Duration::from_secs(5)) {
+                Ok(()) => p.needs_seek = false,
+                Err(e) => tracing::debug!(topic = %p.topic, partition = p.partition, error = %e, "seek not accepted yet"),
+            }
+        }
+    }
+
+    fn update_lag(&self) {
+        let Ok(marks) = self.consumer.context().high_watermarks.lock() else { return };
+        for p in &self.parts {
+            if let Some(&high) = marks.get(&(p.topic.clone(), p.partition)) {
+                let committed = p.table_next.unwrap_or(0);
+                self.metrics
+                    .lag
+                    .with_label_values(&[p.topic.as_str(), &p.partition.to_string()])
+                    .set((high - committed).max(0));
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The HTTP API (next issue): SQL over HTTP, panels, GDPR requests, AI budgets.

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The whole test suite of Strata: formatting, lints, then every test of the workspace.
+#
+# Installs (once, into a cache) what the integration tests need:
+#   - tansu, a Kafka-compatible broker written in Rust (each test starts its own broker);
+#   - a Python venv with moto[server] (S3 emulation) and deltalake + pyarrow (to check that
+#     the tables Strata writes are readable by another Delta implementation).
+# It does not start any server: the tests spawn tansu and moto themselves, on free ports.
+#
+# Usage: scripts/test.sh [extra args for `cargo test --workspace`]
+# Environment:
+#   STRATA_CACHE_DIR   where the venv lives (default: $HOME/.cache/strata)
+#   STRATA_TANSU_BIN   use this tansu binary instead of installing one
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Never wait for input (CI runs with no stdin).
+exec </dev/null
+
+CACHE="${STRATA_CACHE_DIR:-$HOME/.cache/strata}"
+VENV="$CACHE/venv"
+mkdir -p "$CACHE"
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+section() {
+    printf '\n==> %s\n' "$*"
+}
+
+# --- tansu -------------------------------------------------------------------------------
+section "installing tansu"
+if [[ -n "${STRATA_TANSU_BIN:-}" && -x "${STRATA_TANSU_BIN}" ]]; then
+    echo "using STRATA_TANSU_BIN=${STRATA_TANSU_BIN}"
+elif command -v tansu >/dev/null 2>&1 || [[ -x "$HOME/.cargo/bin/tansu" ]]; then
+    echo "tansu already installed"
+else
+    echo "tansu not found: building it with cargo install (this takes ~12 minutes)"
+    cargo install tansu --locked --features dynostore
+fi
+if [[ -z "${STRATA_TANSU_BIN:-}" || ! -x "${STRATA_TANSU_BIN}" ]]; then
+    STRATA_TANSU_BIN="$(command -v tansu || true)"
+    if [[ -z "$STRATA_TANSU_BIN" && -x "$HOME/.cargo/bin/tansu" ]]; then
+        STRATA_TANSU_BIN="$HOME/.cargo/bin/tansu"
+    fi
+fi
+if [[ -z "$STRATA_TANSU_BIN" || ! -x "$STRATA_TANSU_BIN" ]]; then
+    echo "error: tansu is not installed and could not be found after install" >&2
+    exit 1
+fi
+export STRATA_TANSU_BIN
+echo "tansu: $STRATA_TANSU_BIN"
+
+# --- python venv -------------------------------------------------------------------------
+section "preparing python venv ($VENV)"
+venv_ready() {
+    [[ -x "$VENV/bin/python3" ]] \
+        && [[ -x "$VENV/bin/moto_server" ]] \
+        && "$VENV/bin/python3" -c 'import deltalake, pyarrow, pyarrow.compute' >/dev/null 2>&1
+}
+if venv_ready; then
+    echo "venv already has moto[server], deltalake and pyarrow"
+else
+    if [[ ! -x "$VENV/bin/python3" ]]; then
+        echo "creating venv with $(command -v python3)"
+        if ! python3 -m venv "$VENV"; then
+            echo "error: 'python3 -m venv' failed (on Debian/Ubuntu install python3-venv)" >&2
+            exit 1
+        fi
+    fi
+    echo "installing moto[server], deltalake, pyarrow"
+    "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check --no-input --upgrade pip
+    "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check --no-input \
+        'moto[server]' deltalake pyarrow
+    if ! venv_ready; then
+        echo "error: the venv at $VENV is still missing moto_server, deltalake or pyarrow" >&2
+        exit 1
+    fi
+fi
+export PATH="$VENV/bin:$PATH"
+export STRATA_MOTO_BIN="$VENV/bin/moto_server"
+export STRATA_PYTHON="$VENV/bin/python3"
+echo "moto_server: $STRATA_MOTO_BIN"
+echo "python: $STRATA_PYTHON ($("$STRATA_PYTHON" -c 'import deltalake, pyarrow; print("deltalake", deltalake.__version__, "pyarrow", pyarrow.__version__)'))"
+
+# --- checks ------------------------------------------------------------------------------
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+section "cargo test"
+cargo test --workspace "$@"
+
+section "all checks passed"

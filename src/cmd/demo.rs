@@ -1,0 +1,125 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use rdkafka::mocking::MockCluster;
+use strata_engine::{SqlSession, Storage};
+use strata_fixtures::{GenOptions, Generator};
+use strata_ingest::{IngestMetrics, IngestOptions, TopicBinding};
+use strata_schemas::EventKind;
+
+use crate::config::{shutdown_signal, StorageConfig};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    /// Events per second produced to the embedded broker (bursts go 3x above it).
+    #[arg(long, env = "STRATA_DEMO_RATE", default_value_t = 300)]
+    pub rate: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let storage = Storage::open(&args.storage.options()?).await?;
+    // librdkafka's own mock cluster: the same client code path as a real broker.
+    let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
+    for kind in EventKind::ALL {
+        cluster.create_topic(kind.default_topic(), 4, 1)?;
+    }
+    let brokers = cluster.bootstrap_servers();
+    eprintln!("strata demo: embedded Kafka at {brokers}, storage root {}", storage.root());
+    eprintln!("strata demo: producing ~{} events/s; Ctrl-C stops and commits what is buffered", args.rate);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (stop, brokers, rate, seed) = (stop.clone(), brokers.clone(), args.rate.max(1), args.seed);
+        std::thread::spawn(move || produce_live(&brokers, rate, seed, &stop))
+    };
+
+    // A fresh group per run: the embedded broker starts empty each time, while the tables
+    // (and their stored offsets) persist, so offsets of an old run must not apply.
+    let group = format!("demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
+    let opts = IngestOptions {
+        brokers: brokers.clone(),
+        group,
+        topics: EventKind::ALL.into_iter().map(|kind| TopicBinding { topic: kind.default_topic().into(), kind }).collect(),
+        flush_rows: 50_000,
+        flush_age: Duration::from_secs(2),
+        ..IngestOptions::default()
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = IngestMetrics::new(&registry)?;
+    let deadline = args.duration_secs.map(Duration::from_secs);
+    let shutdown = async move {
+        match deadline {
+            Some(d) => tokio::select! { _ = shutdown_signal() => {}, _ = tokio::time::sleep(d) => {} },
+            None => shutdown_signal().await,
+        }
+    };
+    let reporter = {
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Ok(line) = counts(&storage).await {
+                    eprintln!("strata demo [{:>4}s]: {line}", started.elapsed().as_secs());
+                }
+            }
+        })
+    };
+    let report = strata_ingest::run(opts, storage.clone(), metrics, shutdown).await;
+    stop.store(true, Ordering::Relaxed);
+    reporter.abort();
+    let produced = producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let report = report?;
+    eprintln!("strata demo: produced {produced}, ingest {}", serde_json::to_string(&report)?);
+    eprintln!("strata demo: {}", counts(&storage).await?);
+    eprintln!(
+        "strata demo: query it with: strata sql --storage-url {} \"SELECT source, count(*) FROM link_clicks GROUP BY source\"",
+        args.storage.storage_url
+    );
+    drop(cluster);
+    Ok(())
+}
+
+async fn counts(storage: &Storage) -> anyhow::Result<String> {
+    let session = SqlSession::open(storage).await?;
+    let mut parts = Vec::new();
+    for t in session.tables() {
+        let (_, batches) = session.query(&format!("SELECT count(*) FROM {t}")).await?;
+        let n = batches
+            .first()
+            .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
+            .unwrap_or(0);
+        parts.push(format!("{t}={n}"));
+    }
+    Ok(parts.join(" "))
+}
+
+/// Produces live events at `rate` per second, with a 3x burst for 2 s every 15 s.
+fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
+    let (producer, counts) = crate::kafka::producer(brokers)?;
+    let mut generator = Generator::new(GenOptions { seed, live: true, events: u64::MAX, ..GenOptions::default() });
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let t = started.elapsed().as_secs();
+        let per_tick = if t % 15 < 2 { rate * 3 / 10 } else { rate / 10 }.max(1);
+        for _ in 0..per_tick {
+            let Some(m) = generator.next() else { break };
+            crate::kafka::send(&producer, EventKind::from(m.kind).default_topic(), m.key.as_deref(), &m.payload)?;
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    crate::kafka::finish(&producer, &counts)?;
+    Ok(sent)
+}

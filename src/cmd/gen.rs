@@ -1,0 +1,109 @@
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::Args;
+use strata_fixtures::{GenOptions, Generator};
+use strata_schemas::EventKind;
+
+use crate::config::KafkaConfig;
+
+#[derive(Args, Debug)]
+pub struct GenArgs {
+    /// Seed: the same seed and end date give the same messages.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Distinct events to generate (malformed messages and retries come on top).
+    #[arg(long, default_value_t = 10_000)]
+    pub events: u64,
+    /// Days of traffic ending at --end-date.
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+    /// Last day (exclusive), YYYY-MM-DD; default today (UTC).
+    #[arg(long)]
+    pub end_date: Option<NaiveDate>,
+    /// Share of extra messages that are malformed.
+    #[arg(long, default_value_t = 0.005)]
+    pub malformed_rate: f64,
+    /// Share of events sent twice (producer retry).
+    #[arg(long, default_value_t = 0.003)]
+    pub duplicate_rate: f64,
+    /// Write JSON lines {"kind","key","payload",...} to this file.
+    #[arg(long, conflicts_with = "kafka")]
+    pub out: Option<PathBuf>,
+    /// Produce to Kafka at these brokers instead (topic per event type).
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// Create the topics first (with --partitions partitions).
+    #[arg(long)]
+    pub create_topics: bool,
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TopicArgs {
+    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = "clicks")]
+    pub click_topic: String,
+    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = "ai_usage")]
+    pub ai_usage_topic: String,
+}
+
+impl GenArgs {
+    pub fn options(&self) -> GenOptions {
+        let mut o = GenOptions {
+            seed: self.seed,
+            events: self.events,
+            days: self.days,
+            malformed_rate: self.malformed_rate,
+            duplicate_rate: self.duplicate_rate,
+            ..GenOptions::default()
+        };
+        if let Some(d) = self.end_date {
+            o.end_date = d;
+        }
+        o
+    }
+}
+
+pub async fn run(args: GenArgs) -> anyhow::Result<()> {
+    let mut generator = Generator::new(args.options());
+    let progress_every = (args.events / 10).max(1);
+    if let Some(brokers) = &args.kafka {
+        let kafka = KafkaConfig {
+            brokers: brokers.clone(),
+            click_topic: args.topics.click_topic.clone(),
+            ai_usage_topic: args.topics.ai_usage_topic.clone(),
+            kafka_options: vec![],
+        };
+        if args.create_topics {
+            crate::kafka::create_topics(brokers, &[&kafka.click_topic, &kafka.ai_usage_topic], args.partitions).await?;
+        }
+        let (producer, counts) = crate::kafka::producer(brokers)?;
+        let mut n = 0u64;
+        for m in generator.by_ref() {
+            crate::kafka::send(&producer, kafka.topic_of(EventKind::from(m.kind)), m.key.as_deref(), &m.payload)?;
+            n += 1;
+            if n % progress_every == 0 {
+                eprintln!("gen: {n} messages queued");
+            }
+        }
+        let delivered = crate::kafka::finish(&producer, &counts)?;
+        eprintln!("gen: {delivered} messages delivered to {brokers}");
+    } else {
+        let path = args.out.clone().unwrap_or_else(|| PathBuf::from("events.jsonl"));
+        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = BufWriter::new(file);
+        for m in generator.by_ref() {
+            serde_json::to_writer(&mut w, &m)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        eprintln!("gen: wrote {}", path.display());
+    }
+    println!("{}", serde_json::to_string(generator.summary())?);
+    Ok(())
+}

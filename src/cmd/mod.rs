@@ -1,0 +1,5 @@
+pub mod bench;
+pub mod demo;
+pub mod gen;
+pub mod ingest;
+pub mod sql;

@@ -1,0 +1,125 @@
+//! Configuration blocks shared by the subcommands. Every flag is also read from
+//! `STRATA_<FLAG>`; its doc comment is its `--help`.
+
+use std::time::Duration;
+
+use clap::Args;
+use strata_engine::StorageOptions;
+use strata_ingest::{IngestOptions, TopicBinding};
+use strata_schemas::EventKind;
+
+#[derive(Args, Debug, Clone)]
+pub struct StorageConfig {
+    /// Storage root: a local directory or an s3://, gs://, az:// URL. Tables live at <root>/tables/<name>.
+    #[arg(long, env = "STRATA_STORAGE_URL", default_value = "./data")]
+    pub storage_url: String,
+    /// Object-store option KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:5000.
+    #[arg(long = "storage-option", env = "STRATA_STORAGE_OPTIONS", value_delimiter = ',')]
+    pub storage_options: Vec<String>,
+}
+
+impl StorageConfig {
+    pub fn options(&self) -> anyhow::Result<StorageOptions> {
+        Ok(StorageOptions { url: self.storage_url.clone(), options: pairs(&self.storage_options, "--storage-option")?.into_iter().collect() })
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers, host:port[,host:port].
+    #[arg(long, env = "STRATA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic of click events.
+    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = "clicks")]
+    pub click_topic: String,
+    /// Topic of AI-usage events.
+    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = "ai_usage")]
+    pub ai_usage_topic: String,
+    /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. security.protocol=SSL.
+    #[arg(long = "kafka-option", env = "STRATA_KAFKA_OPTIONS", value_delimiter = ',')]
+    pub kafka_options: Vec<String>,
+}
+
+impl KafkaConfig {
+    pub fn bindings(&self) -> Vec<TopicBinding> {
+        vec![
+            TopicBinding { topic: self.click_topic.clone(), kind: EventKind::LinkClick },
+            TopicBinding { topic: self.ai_usage_topic.clone(), kind: EventKind::AiUsage },
+        ]
+    }
+
+    pub fn topic_of(&self, kind: EventKind) -> &str {
+        match kind {
+            EventKind::LinkClick => &self.click_topic,
+            EventKind::AiUsage => &self.ai_usage_topic,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FlushConfig {
+    /// Consumer group; part of the Delta txn app ids (strata-<group>-<topic>-<partition>).
+    #[arg(long, env = "STRATA_GROUP", default_value = "strata")]
+    pub group: String,
+    /// Flush when this many messages are buffered.
+    #[arg(long, env = "STRATA_FLUSH_ROWS", default_value_t = 200_000)]
+    pub flush_rows: usize,
+    /// Flush when this many payload bytes are buffered.
+    #[arg(long, env = "STRATA_FLUSH_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub flush_bytes: usize,
+    /// Flush when the oldest buffered message is this many milliseconds old.
+    #[arg(long, env = "STRATA_FLUSH_AGE_MS", default_value_t = 10_000)]
+    pub flush_age_ms: u64,
+    /// Event ids remembered per partition to drop producer retries (0 disables).
+    #[arg(long, env = "STRATA_DEDUPE_WINDOW", default_value_t = 200_000)]
+    pub dedupe_window: usize,
+}
+
+pub fn ingest_options(kafka: &KafkaConfig, flush: &FlushConfig) -> anyhow::Result<IngestOptions> {
+    Ok(IngestOptions {
+        brokers: kafka.brokers.clone(),
+        group: flush.group.clone(),
+        topics: kafka.bindings(),
+        flush_rows: flush.flush_rows.max(1),
+        flush_bytes: flush.flush_bytes.max(1),
+        flush_age: Duration::from_millis(flush.flush_age_ms),
+        dedupe_window: flush.dedupe_window,
+        kafka_config: pairs(&kafka.kafka_options, "--kafka-option")?,
+        ..IngestOptions::default()
+    })
+}
+
+fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("{flag} `{s}` must be KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// Logs go to stderr; `RUST_LOG` (or `STRATA_LOG`) sets the filter, default `info`.
+pub fn init_tracing() {
+    let filter = std::env::var("STRATA_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,rdkafka=warn,deltalake=warn,datafusion=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+}

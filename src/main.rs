@@ -1,0 +1,49 @@
+//! `strata`: one binary for generation, ingest, SQL, the demo and benchmarks.
+
+mod cmd;
+mod config;
+mod kafka;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "Event-sourced analytics: Kafka -> Delta Lake -> SQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on an embedded Kafka: produce events, ingest them, show the tables.
+    Demo(cmd::demo::DemoArgs),
+    /// Generate seeded synthetic events into a JSONL file or Kafka topics.
+    Gen(cmd::gen::GenArgs),
+    /// Consume the event topics into Delta tables, exactly once.
+    Ingest(cmd::ingest::IngestArgs),
+    /// Run one SQL statement over the tables of a storage root.
+    Sql(cmd::sql::SqlArgs),
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    config::init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(a) => cmd::demo::run(a).await,
+            Command::Gen(a) => cmd::gen::run(a).await,
+            Command::Ingest(a) => cmd::ingest::run(a).await,
+            Command::Sql(a) => cmd::sql::run(a).await,
+            Command::Bench(c) => cmd::bench::run(c).await,
+        }
+    });
+    if let Err(e) = &result {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the `strata` binary against real parts: the tansu Kafka broker,
+//! moto's S3 server, the Python `deltalake` reader. `scripts/test.sh` installs them.
+
+mod support;
+
+mod bad_config;
+mod cli;
+mod kafka_ingest;
+mod s3;
