@@ -105,7 +105,7 @@ fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> 
 pub fn init_tracing() {
     let filter = std::env::var("STRATA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,rdkafka=warn,deltalake=warn,datafusion=warn".into());
+        .unwrap_or_else(|_| "warn,strata=info,strata_ingest=info,strata_engine=info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

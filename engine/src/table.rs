@@ -41,7 +41,7 @@ impl TableSpec {
                 sort_column: "occurred_at",
                 stats_columns: &[
                     "schema_version", "occurred_at", "item_type", "category", "source", "country",
-                    "device", "is_bot", "event_date", "kafka_partition", "kafka_offset", "ingested_at",
+                    "device", "is_bot", "kafka_partition", "kafka_offset", "ingested_at",
                 ],
                 bloom_columns: &["user_id", "anonymous_id"],
                 high_cardinality: &["event_id", "target_url", "session_id"],
@@ -53,7 +53,7 @@ impl TableSpec {
                 sort_column: "occurred_at",
                 stats_columns: &[
                     "schema_version", "occurred_at", "feature", "provider", "model", "input_tokens",
-                    "output_tokens", "cost_usd", "status", "latency_ms", "event_date",
+                    "output_tokens", "cost_usd", "status", "latency_ms",
                     "kafka_partition", "kafka_offset", "ingested_at",
                 ],
                 bloom_columns: &["user_id"],
@@ -68,7 +68,7 @@ impl TableSpec {
             schema: dead_letter_schema(),
             partition_column: "received_date",
             sort_column: "received_at",
-            stats_columns: &["topic", "partition", "offset", "payload_is_lossy", "received_at", "received_date"],
+            stats_columns: &["topic", "partition", "offset", "payload_is_lossy", "received_at"],
             bloom_columns: &["key"],
             high_cardinality: &["payload"],
         }
@@ -118,6 +118,10 @@ impl EventTable {
     /// the loser of the race for version 0 loads what the winner made.
     pub async fn open_or_create(storage: &Storage, spec: TableSpec) -> Result<Self> {
         let url = storage.table_url(spec.name);
+        if let Ok(dir) = url.to_file_path() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| EngineError::config(format!("cannot create table directory {}: {e}", dir.display())))?;
+        }
         let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(storage.options().clone());
         match builder.load().await {
             Ok(table) => return Ok(Self { spec, table }),
@@ -300,7 +304,8 @@ mod tests {
     fn batch(ids: &[&str]) -> RecordBatch {
         let payloads: Vec<String> = ids
             .iter()
-            .map(|id| format!(r#"{{"schema_version":1,"event_id":"{id}","occurred_at":"2026-10-0{}T12:00:00Z","user_id":"u-1","item_id":"i","item_type":"profile","source":"search","target_url":"/p"}}"#, 1 + id.len() % 2))
+            .enumerate()
+            .map(|(i, id)| format!(r#"{{"schema_version":1,"event_id":"{id}","occurred_at":"2026-10-0{}T12:00:00Z","user_id":"u-1","item_id":"i","item_type":"profile","source":"search","target_url":"/p"}}"#, 1 + i % 2))
             .collect();
         let raw: Vec<_> = payloads.iter().enumerate().map(|(i, p)| RawMessage { payload: p.as_bytes(), partition: 0, offset: i as i64 }).collect();
         let d = EventDecoder::new(EventKind::LinkClick).decode(&raw, 1_800_000_000_000_000).unwrap();
@@ -316,7 +321,7 @@ mod tests {
         let mut b = EventTable::open_or_create(&storage, TableSpec::for_events(EventKind::LinkClick)).await.unwrap();
         let app = "strata-g-clicks-0".to_string();
 
-        let ids = ["0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11", "1b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e1"];
+        let ids = ["0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11", "1b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11"];
         let out = a.append(&[batch(&ids[..1])], &[TxnUpdate { app_id: app.clone(), expected: None, next: 10 }]).await.unwrap();
         assert_eq!(out.rows, 1);
         assert_eq!(out.files, 1);

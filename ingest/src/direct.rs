@@ -43,6 +43,9 @@ pub async fn ingest_direct(
             dlq_next,
             position: table_next.unwrap_or(0),
             needs_seek: false,
+            last_seek: None,
+            gaps: 0,
+            rewind: 0,
             pending: PendingMessages::default(),
             window: DedupeWindow::new(200_000),
         });

@@ -77,6 +77,11 @@ pub(crate) struct PartitionState {
     pub(crate) position: i64,
     /// True until a seek to `position` has been accepted by the client.
     pub(crate) needs_seek: bool,
+    pub(crate) last_seek: Option<std::time::Instant>,
+    /// Messages seen ahead of `position` since the last watermark check.
+    pub(crate) gaps: u32,
+    /// How far before `position` the next seek goes (see `retry_seeks`).
+    pub(crate) rewind: i64,
     pub(crate) pending: PendingMessages,
     pub(crate) window: DedupeWindow,
 }

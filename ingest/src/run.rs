@@ -8,7 +8,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use strata_engine::{EventTable, Storage, TableSpec};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::consumer::{connect, is_transient, IngestConsumer, RebalanceEvent};
 use crate::dedupe::{uuid_key, DedupeWindow};
@@ -114,9 +114,20 @@ impl Loop {
         if offset < p.position {
             return; // committed (or buffered) already: a replay after a seek or restart
         }
-        if offset > p.position && p.pending.is_empty() && p.table_next.is_some() {
-            warn!(topic, partition, expected = p.position, got = offset, "offset gap (retention or compaction)");
+        // Offsets of a partition are contiguous (no transactions, no compaction). A message
+        // past the expected one was fetched before our seek took effect: drop it and seek
+        // again. Only a partition never written may start wherever the log starts.
+        let fresh_start = p.table_next.is_none() && p.pending.is_empty() && p.position == 0;
+        if offset > p.position && !fresh_start {
+            if !p.needs_seek {
+                debug!(topic, partition, expected = p.position, got = offset, "message ahead of position; seeking again");
+                p.needs_seek = true;
+                p.gaps += 1;
+            }
+            return;
         }
+        p.gaps = 0;
+        p.rewind = 0;
         p.pending.push(offset, key, payload);
         p.position = offset + 1;
         self.report.consumed += 1;
@@ -214,6 +225,9 @@ impl Loop {
                 dlq_next,
                 position: table_next.unwrap_or(0),
                 needs_seek: true,
+                last_seek: None,
+                gaps: 0,
+                rewind: 0,
                 pending: PendingMessages::default(),
                 window,
             });
@@ -226,10 +240,33 @@ impl Loop {
     /// assignment is still settling; it is retried on every tick until it is accepted.
     fn retry_seeks(&mut self) {
         for p in self.parts.iter_mut().filter(|p| p.needs_seek) {
-            let offset = match p.table_next {
-                Some(n) => Offset::Offset(n),
-                None => Offset::Beginning,
+            if p.last_seek.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+                continue;
+            }
+            // Some brokers (tansu among them) answer a fetch from the middle of a record batch
+            // with the *next* batch. After a gap, seek further back each time (the messages
+            // below `position` are skipped) until the batch holding `position` comes back.
+            if p.gaps > 0 {
+                p.rewind = (p.rewind * 4).clamp(512, p.position.max(0));
+            }
+            // Gaps that persist while rewinding may mean the log no longer holds
+            // `position` (retention): then the earliest offset still held is where the
+            // partition continues.
+            if p.gaps >= 8 {
+                if let Ok((low, _)) = self.consumer.fetch_watermarks(&p.topic, p.partition, Duration::from_secs(2)) {
+                    if low > p.position {
+                        tracing::error!(topic = %p.topic, partition = p.partition, lost = low - p.position, "messages deleted by retention before ingest");
+                        p.position = low;
+                    }
+                }
+                p.gaps = 0;
+            }
+            let offset = match (p.table_next, p.position - p.rewind) {
+                (None, _) if p.position == 0 => Offset::Beginning,
+                (_, n) if n <= 0 => Offset::Beginning,
+                (_, n) => Offset::Offset(n),
             };
+            p.last_seek = Some(std::time::Instant::now());
             match self.consumer.seek(&p.topic, p.partition, offset, Duration::from_secs(5)) {
                 Ok(()) => p.needs_seek = false,
                 Err(e) => tracing::debug!(topic = %p.topic, partition = p.partition, error = %e, "seek not accepted yet"),

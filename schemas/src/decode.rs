@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(d.batch.num_rows(), 2);
         assert_eq!(d.batch.schema(), EventKind::LinkClick.table_schema());
         let date = d.batch.column_by_name("event_date").unwrap().as_any().downcast_ref::<Date32Array>().unwrap();
-        assert_eq!(date.value(0), 20362); // 2026-10-01
+        assert_eq!(date.value(0), 20727); // 2026-10-01
         let bot = d.batch.column_by_name("is_bot").unwrap().as_boolean();
         assert!(!bot.value(0), "is_bot defaults to false");
         let off = d.batch.column_by_name("kafka_offset").unwrap().as_primitive::<arrow::datatypes::Int64Type>();

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 pub fn strata() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.env("STRATA_LOG", "info,rdkafka=warn,deltalake=warn,datafusion=warn");
+    c.env("STRATA_LOG", "warn,strata=info,strata_ingest=info,strata_engine=info");
     c.stdin(Stdio::null());
     c
 }
