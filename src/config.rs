@@ -14,13 +14,22 @@ pub struct StorageConfig {
     #[arg(long, env = "STRATA_STORAGE_URL", default_value = "./data")]
     pub storage_url: String,
     /// Object-store option KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:5000.
-    #[arg(long = "storage-option", env = "STRATA_STORAGE_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "storage-option",
+        env = "STRATA_STORAGE_OPTIONS",
+        value_delimiter = ','
+    )]
     pub storage_options: Vec<String>,
 }
 
 impl StorageConfig {
     pub fn options(&self) -> anyhow::Result<StorageOptions> {
-        Ok(StorageOptions { url: self.storage_url.clone(), options: pairs(&self.storage_options, "--storage-option")?.into_iter().collect() })
+        Ok(StorageOptions {
+            url: self.storage_url.clone(),
+            options: pairs(&self.storage_options, "--storage-option")?
+                .into_iter()
+                .collect(),
+        })
     }
 }
 
@@ -36,15 +45,25 @@ pub struct KafkaConfig {
     #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = "ai_usage")]
     pub ai_usage_topic: String,
     /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. security.protocol=SSL.
-    #[arg(long = "kafka-option", env = "STRATA_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-option",
+        env = "STRATA_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
     pub kafka_options: Vec<String>,
 }
 
 impl KafkaConfig {
     pub fn bindings(&self) -> Vec<TopicBinding> {
         vec![
-            TopicBinding { topic: self.click_topic.clone(), kind: EventKind::LinkClick },
-            TopicBinding { topic: self.ai_usage_topic.clone(), kind: EventKind::AiUsage },
+            TopicBinding {
+                topic: self.click_topic.clone(),
+                kind: EventKind::LinkClick,
+            },
+            TopicBinding {
+                topic: self.ai_usage_topic.clone(),
+                kind: EventKind::AiUsage,
+            },
         ]
     }
 
@@ -105,7 +124,7 @@ fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> 
 pub fn init_tracing() {
     let filter = std::env::var("STRATA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,strata=info,strata_ingest=info,strata_engine=info".into());
+        .unwrap_or_else(|_| "warn,strata=info,strata_ingest=info,strata_engine=info,deltalake_core=off,delta_kernel=off".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -19,12 +19,14 @@ pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> a
         .set("bootstrap.servers", brokers)
         .create()
         .context("creating Kafka admin client")?;
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(&new, &opts)
-        .await
-        .with_context(|| format!("cannot create topics on `{brokers}`; is the broker reachable?"))?;
+    let results = admin.create_topics(&new, &opts).await.with_context(|| {
+        format!("cannot create topics on `{brokers}`; is the broker reachable?")
+    })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -59,7 +61,9 @@ impl ProducerContext for CountingContext {
 
 /// A producer tuned for throughput; retries are librdkafka's (no idempotence: not every
 /// broker we test against offers it, and Strata drops retried event ids itself).
-pub fn producer(brokers: &str) -> anyhow::Result<(ThreadedProducer<CountingContext>, Arc<DeliveryCounts>)> {
+pub fn producer(
+    brokers: &str,
+) -> anyhow::Result<(ThreadedProducer<CountingContext>, Arc<DeliveryCounts>)> {
     let counts = Arc::new(DeliveryCounts::default());
     let p = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -74,7 +78,12 @@ pub fn producer(brokers: &str) -> anyhow::Result<(ThreadedProducer<CountingConte
 }
 
 /// Sends one message, waiting while the local queue is full.
-pub fn send(p: &ThreadedProducer<CountingContext>, topic: &str, key: Option<&str>, payload: &str) -> anyhow::Result<()> {
+pub fn send(
+    p: &ThreadedProducer<CountingContext>,
+    topic: &str,
+    key: Option<&str>,
+    payload: &str,
+) -> anyhow::Result<()> {
     let mut record = BaseRecord::to(topic).payload(payload);
     if let Some(k) = key {
         record = record.key(k);
@@ -92,8 +101,12 @@ pub fn send(p: &ThreadedProducer<CountingContext>, topic: &str, key: Option<&str
 }
 
 /// Waits for every queued message, failing if any was not delivered.
-pub fn finish(p: &ThreadedProducer<CountingContext>, counts: &DeliveryCounts) -> anyhow::Result<u64> {
-    p.flush(Duration::from_secs(120)).context("flushing producer")?;
+pub fn finish(
+    p: &ThreadedProducer<CountingContext>,
+    counts: &DeliveryCounts,
+) -> anyhow::Result<u64> {
+    p.flush(Duration::from_secs(120))
+        .context("flushing producer")?;
     let failed = counts.failed.load(Ordering::Relaxed);
     anyhow::ensure!(failed == 0, "{failed} messages were not delivered");
     Ok(counts.ok.load(Ordering::Relaxed))

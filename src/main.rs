@@ -7,7 +7,11 @@ mod kafka;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Event-sourced analytics: Kafka -> Delta Lake -> SQL")]
+#[command(
+    name = "strata",
+    version,
+    about = "Event-sourced analytics: Kafka -> Delta Lake -> SQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     config::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(a) => cmd::demo::run(a).await,

@@ -5,11 +5,15 @@ use strata_fixtures::{GenOptions, Generator, Kind};
 use strata_schemas::{EventDecoder, EventKind, RawMessage};
 
 fn messages(kind: Kind, n: u64, malformed_rate: f64) -> Vec<String> {
-    Generator::new(GenOptions { events: n * 2, malformed_rate, ..GenOptions::default() })
-        .filter(|m| m.kind == kind)
-        .take(n as usize)
-        .map(|m| m.payload)
-        .collect()
+    Generator::new(GenOptions {
+        events: n * 2,
+        malformed_rate,
+        ..GenOptions::default()
+    })
+    .filter(|m| m.kind == kind)
+    .take(n as usize)
+    .map(|m| m.payload)
+    .collect()
 }
 
 fn decode(c: &mut Criterion) {
@@ -23,7 +27,11 @@ fn decode(c: &mut Criterion) {
         let raw: Vec<RawMessage<'_>> = payloads
             .iter()
             .enumerate()
-            .map(|(i, p)| RawMessage { payload: p.as_bytes(), partition: 0, offset: i as i64 })
+            .map(|(i, p)| RawMessage {
+                payload: p.as_bytes(),
+                partition: 0,
+                offset: i as i64,
+            })
             .collect();
         let decoder = EventDecoder::new(EventKind::from(kind));
         group.throughput(Throughput::Elements(raw.len() as u64));

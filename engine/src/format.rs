@@ -21,12 +21,19 @@ impl std::str::FromStr for OutputFormat {
             "table" => Ok(Self::Table),
             "csv" => Ok(Self::Csv),
             "json" | "jsonl" => Ok(Self::Json),
-            other => Err(EngineError::config(format!("unknown format `{other}`; use table, csv or json"))),
+            other => Err(EngineError::config(format!(
+                "unknown format `{other}`; use table, csv or json"
+            ))),
         }
     }
 }
 
-pub fn write_batches(out: &mut dyn Write, format: OutputFormat, schema: &Schema, batches: &[RecordBatch]) -> Result<()> {
+pub fn write_batches(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    schema: &Schema,
+    batches: &[RecordBatch],
+) -> Result<()> {
     match format {
         OutputFormat::Table => {
             let shown = arrow::util::pretty::pretty_format_batches(batches)?;
@@ -38,7 +45,9 @@ pub fn write_batches(out: &mut dyn Write, format: OutputFormat, schema: &Schema,
             }
         }
         OutputFormat::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             if batches.is_empty() {
                 w.write(&RecordBatch::new_empty(std::sync::Arc::new(schema.clone())))?;
             }

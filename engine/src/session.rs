@@ -21,7 +21,11 @@ impl SqlSession {
             .with_information_schema(true)
             .with_default_catalog_and_schema("strata", "public");
         let ctx = SessionContext::new_with_config(config);
-        let mut session = Self { ctx, storage: storage.clone(), tables: vec![] };
+        let mut session = Self {
+            ctx,
+            storage: storage.clone(),
+            tables: vec![],
+        };
         session.refresh().await?;
         Ok(session)
     }
@@ -53,8 +57,15 @@ impl SqlSession {
     }
 
     /// Plans and runs one statement, collecting the result.
-    pub async fn query(&self, sql: &str) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>)> {
-        let df = self.ctx.sql(sql).await.map_err(|e| EngineError::Sql(e.to_string()))?;
+    pub async fn query(
+        &self,
+        sql: &str,
+    ) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>)> {
+        let df = self
+            .ctx
+            .sql(sql)
+            .await
+            .map_err(|e| EngineError::Sql(e.to_string()))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok((schema, batches))

@@ -2,8 +2,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Once};
 
 use deltalake::{DeltaTableBuilder, ObjectStore, Path};
-use object_store::ObjectStoreExt;
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use url::Url;
 
 use crate::{EngineError, Result};
@@ -60,7 +60,11 @@ impl Storage {
             .build_storage()
             .map_err(|e| EngineError::config(format!("storage URL `{}`: {e}", opts.url)))?
             .object_store(None);
-        let storage = Self { root, options, store };
+        let storage = Self {
+            root,
+            options,
+            store,
+        };
         storage.probe().await?;
         Ok(storage)
     }
@@ -113,7 +117,9 @@ impl Storage {
         };
         let mut names = Vec::new();
         for prefix in listing.common_prefixes {
-            let Some(name) = prefix.filename() else { continue };
+            let Some(name) = prefix.filename() else {
+                continue;
+            };
             let log = Path::from(format!("tables/{name}/_delta_log"));
             let mut entries = self.store.list(Some(&log));
             if entries.try_next().await.ok().flatten().is_some() {
@@ -129,25 +135,36 @@ impl Storage {
 fn root_url(s: &str) -> Result<Url> {
     let s = s.trim();
     if s.is_empty() {
-        return Err(EngineError::config("storage URL is empty; set --storage-url or STRATA_STORAGE_URL"));
+        return Err(EngineError::config(
+            "storage URL is empty; set --storage-url or STRATA_STORAGE_URL",
+        ));
     }
     let mut url = if s.contains("://") {
-        Url::parse(s).map_err(|e| EngineError::config(format!("storage URL `{s}` is not a URL: {e}")))?
+        Url::parse(s)
+            .map_err(|e| EngineError::config(format!("storage URL `{s}` is not a URL: {e}")))?
     } else {
         let path = std::path::Path::new(s);
         std::fs::create_dir_all(path).map_err(|e| {
-            EngineError::config(format!("cannot create storage directory `{s}`: {e}; choose a writable --storage-url"))
+            EngineError::config(format!(
+                "cannot create storage directory `{s}`: {e}; choose a writable --storage-url"
+            ))
         })?;
         let abs = path
             .canonicalize()
             .map_err(|e| EngineError::config(format!("storage directory `{s}`: {e}")))?;
-        Url::from_directory_path(&abs)
-            .map_err(|_| EngineError::config(format!("storage directory `{s}` is not an absolute path")))?
+        Url::from_directory_path(&abs).map_err(|_| {
+            EngineError::config(format!("storage directory `{s}` is not an absolute path"))
+        })?
     };
     if url.scheme() == "file" {
-        let p = url.to_file_path().map_err(|_| EngineError::config(format!("bad file URL `{s}`")))?;
+        let p = url
+            .to_file_path()
+            .map_err(|_| EngineError::config(format!("bad file URL `{s}`")))?;
         std::fs::create_dir_all(&p).map_err(|e| {
-            EngineError::config(format!("cannot create storage directory `{}`: {e}", p.display()))
+            EngineError::config(format!(
+                "cannot create storage directory `{}`: {e}",
+                p.display()
+            ))
         })?;
     }
     if !url.path().ends_with('/') {

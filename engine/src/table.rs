@@ -40,8 +40,17 @@ impl TableSpec {
                 partition_column: PARTITION_COLUMN,
                 sort_column: "occurred_at",
                 stats_columns: &[
-                    "schema_version", "occurred_at", "item_type", "category", "source", "country",
-                    "device", "is_bot", "kafka_partition", "kafka_offset", "ingested_at",
+                    "schema_version",
+                    "occurred_at",
+                    "item_type",
+                    "category",
+                    "source",
+                    "country",
+                    "device",
+                    "is_bot",
+                    "kafka_partition",
+                    "kafka_offset",
+                    "ingested_at",
                 ],
                 bloom_columns: &["user_id", "anonymous_id"],
                 high_cardinality: &["event_id", "target_url", "session_id"],
@@ -52,9 +61,19 @@ impl TableSpec {
                 partition_column: PARTITION_COLUMN,
                 sort_column: "occurred_at",
                 stats_columns: &[
-                    "schema_version", "occurred_at", "feature", "provider", "model", "input_tokens",
-                    "output_tokens", "cost_usd", "status", "latency_ms",
-                    "kafka_partition", "kafka_offset", "ingested_at",
+                    "schema_version",
+                    "occurred_at",
+                    "feature",
+                    "provider",
+                    "model",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_usd",
+                    "status",
+                    "latency_ms",
+                    "kafka_partition",
+                    "kafka_offset",
+                    "ingested_at",
                 ],
                 bloom_columns: &["user_id"],
                 high_cardinality: &["event_id", "session_id"],
@@ -68,7 +87,13 @@ impl TableSpec {
             schema: dead_letter_schema(),
             partition_column: "received_date",
             sort_column: "received_at",
-            stats_columns: &["topic", "partition", "offset", "payload_is_lossy", "received_at"],
+            stats_columns: &[
+                "topic",
+                "partition",
+                "offset",
+                "payload_is_lossy",
+                "received_at",
+            ],
             bloom_columns: &["key"],
             high_cardinality: &["payload"],
         }
@@ -109,7 +134,10 @@ pub struct EventTable {
 
 impl std::fmt::Debug for EventTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventTable").field("name", &self.spec.name).field("version", &self.table.version()).finish()
+        f.debug_struct("EventTable")
+            .field("name", &self.spec.name)
+            .field("version", &self.table.version())
+            .finish()
     }
 }
 
@@ -119,17 +147,25 @@ impl EventTable {
     pub async fn open_or_create(storage: &Storage, spec: TableSpec) -> Result<Self> {
         let url = storage.table_url(spec.name);
         if let Ok(dir) = url.to_file_path() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| EngineError::config(format!("cannot create table directory {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                EngineError::config(format!(
+                    "cannot create table directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
         }
-        let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(storage.options().clone());
+        let builder = DeltaTableBuilder::from_url(url.clone())?
+            .with_storage_options(storage.options().clone());
         match builder.load().await {
             Ok(table) => return Ok(Self { spec, table }),
             Err(DeltaTableError::NotATable(_)) => {}
             Err(e) => return Err(e.into()),
         }
         let schema: StructType = spec.schema.as_ref().try_into_kernel().map_err(|e| {
-            EngineError::Internal(format!("schema of {} has no Delta equivalent: {e}", spec.name))
+            EngineError::Internal(format!(
+                "schema of {} has no Delta equivalent: {e}",
+                spec.name
+            ))
         })?;
         let table = DeltaTableBuilder::from_url(url.clone())?
             .with_storage_options(storage.options().clone())
@@ -214,7 +250,10 @@ impl EventTable {
         let mut ids = Vec::new();
         for batch in df.collect().await? {
             let col = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
-            let col = col.as_any().downcast_ref::<arrow::array::StringArray>().expect("cast to Utf8");
+            let col = col
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("cast to Utf8");
             ids.extend(col.iter().flatten().map(str::to_string));
         }
         Ok(ids)
@@ -227,7 +266,11 @@ impl EventTable {
     /// `expected`; otherwise another writer has taken the partition over and nothing is
     /// committed ([`EngineError::Fenced`]). A concurrent commit touching the same app id
     /// makes Delta's conflict check fail; the check is then repeated on the new state.
-    pub async fn append(&mut self, batches: &[RecordBatch], txns: &[TxnUpdate]) -> Result<AppendOutcome> {
+    pub async fn append(
+        &mut self,
+        batches: &[RecordBatch],
+        txns: &[TxnUpdate],
+    ) -> Result<AppendOutcome> {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut adds = Vec::new();
         if rows > 0 {
@@ -247,14 +290,20 @@ impl EventTable {
             for t in txns {
                 let found = stored.get(&t.app_id).copied().flatten();
                 if found != t.expected {
-                    return Err(EngineError::Fenced { app_id: t.app_id.clone(), expected: t.expected, found });
+                    return Err(EngineError::Fenced {
+                        app_id: t.app_id.clone(),
+                        expected: t.expected,
+                        found,
+                    });
                 }
             }
             let now = chrono::Utc::now().timestamp_millis();
             let actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
             let props = CommitProperties::default()
                 .with_application_transactions(
-                    txns.iter().map(|t| Transaction::new_with_last_update(&t.app_id, t.next, Some(now))).collect(),
+                    txns.iter()
+                        .map(|t| Transaction::new_with_last_update(&t.app_id, t.next, Some(now)))
+                        .collect(),
                 )
                 .with_max_retries(20);
             let operation = DeltaOperation::Write {
@@ -271,7 +320,13 @@ impl EventTable {
                 Ok(done) => {
                     let version = done.version();
                     self.table.update_state().await?;
-                    return Ok(AppendOutcome { version, rows, files, bytes, retries });
+                    return Ok(AppendOutcome {
+                        version,
+                        rows,
+                        files,
+                        bytes,
+                        retries,
+                    });
                 }
                 Err(DeltaTableError::Transaction { source }) if retries < 20 => {
                     debug!(table = self.spec.name, error = %source, "commit conflict, checking fences again");
@@ -287,10 +342,17 @@ impl EventTable {
         let batch = concat_batches(&self.spec.schema, batches)?;
         let cols = [self.spec.partition_column, self.spec.sort_column]
             .iter()
-            .map(|c| SortColumn { values: batch.column_by_name(c).expect("spec column exists").clone(), options: None })
+            .map(|c| SortColumn {
+                values: batch.column_by_name(c).expect("spec column exists").clone(),
+                options: None,
+            })
             .collect::<Vec<_>>();
         let idx = lexsort_to_indices(&cols, None)?;
-        let columns = batch.columns().iter().map(|c| take(c, &idx, None)).collect::<Result<Vec<_>, _>>()?;
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|c| take(c, &idx, None))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RecordBatch::try_new(batch.schema(), columns)?)
     }
 }
@@ -307,8 +369,18 @@ mod tests {
             .enumerate()
             .map(|(i, id)| format!(r#"{{"schema_version":1,"event_id":"{id}","occurred_at":"2026-10-0{}T12:00:00Z","user_id":"u-1","item_id":"i","item_type":"profile","source":"search","target_url":"/p"}}"#, 1 + i % 2))
             .collect();
-        let raw: Vec<_> = payloads.iter().enumerate().map(|(i, p)| RawMessage { payload: p.as_bytes(), partition: 0, offset: i as i64 }).collect();
-        let d = EventDecoder::new(EventKind::LinkClick).decode(&raw, 1_800_000_000_000_000).unwrap();
+        let raw: Vec<_> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawMessage {
+                payload: p.as_bytes(),
+                partition: 0,
+                offset: i as i64,
+            })
+            .collect();
+        let d = EventDecoder::new(EventKind::LinkClick)
+            .decode(&raw, 1_800_000_000_000_000)
+            .unwrap();
         assert!(d.rejects.is_empty());
         d.batch
     }
@@ -316,27 +388,90 @@ mod tests {
     #[tokio::test]
     async fn append_carries_offsets_and_fences_stale_writers() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions { url: dir.path().to_str().unwrap().into(), ..Default::default() }).await.unwrap();
-        let mut a = EventTable::open_or_create(&storage, TableSpec::for_events(EventKind::LinkClick)).await.unwrap();
-        let mut b = EventTable::open_or_create(&storage, TableSpec::for_events(EventKind::LinkClick)).await.unwrap();
+        let storage = Storage::open(&StorageOptions {
+            url: dir.path().to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut a =
+            EventTable::open_or_create(&storage, TableSpec::for_events(EventKind::LinkClick))
+                .await
+                .unwrap();
+        let mut b =
+            EventTable::open_or_create(&storage, TableSpec::for_events(EventKind::LinkClick))
+                .await
+                .unwrap();
         let app = "strata-g-clicks-0".to_string();
 
-        let ids = ["0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11", "1b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11"];
-        let out = a.append(&[batch(&ids[..1])], &[TxnUpdate { app_id: app.clone(), expected: None, next: 10 }]).await.unwrap();
+        let ids = [
+            "0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11",
+            "1b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11",
+        ];
+        let out = a
+            .append(
+                &[batch(&ids[..1])],
+                &[TxnUpdate {
+                    app_id: app.clone(),
+                    expected: None,
+                    next: 10,
+                }],
+            )
+            .await
+            .unwrap();
         assert_eq!(out.rows, 1);
         assert_eq!(out.files, 1);
 
         // b still believes the partition was never written: fenced, nothing committed.
-        let err = b.append(&[batch(&ids[..1])], &[TxnUpdate { app_id: app.clone(), expected: None, next: 10 }]).await.unwrap_err();
-        assert!(matches!(err, EngineError::Fenced { found: Some(10), .. }), "{err}");
+        let err = b
+            .append(
+                &[batch(&ids[..1])],
+                &[TxnUpdate {
+                    app_id: app.clone(),
+                    expected: None,
+                    next: 10,
+                }],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::Fenced {
+                    found: Some(10),
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         b.refresh().await.unwrap();
-        assert_eq!(b.txn_versions(std::slice::from_ref(&app)).await.unwrap()[&app], Some(10));
-        b.append(&[batch(&ids)], &[TxnUpdate { app_id: app.clone(), expected: Some(10), next: 20 }]).await.unwrap();
+        assert_eq!(
+            b.txn_versions(std::slice::from_ref(&app)).await.unwrap()[&app],
+            Some(10)
+        );
+        b.append(
+            &[batch(&ids)],
+            &[TxnUpdate {
+                app_id: app.clone(),
+                expected: Some(10),
+                next: 20,
+            }],
+        )
+        .await
+        .unwrap();
 
         let session = SqlSession::open(&storage).await.unwrap();
-        let (_, rows) = session.query("SELECT count(*) AS n, count(DISTINCT event_date) AS d FROM link_clicks").await.unwrap();
-        let n = rows[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+        let (_, rows) = session
+            .query("SELECT count(*) AS n, count(DISTINCT event_date) AS d FROM link_clicks")
+            .await
+            .unwrap();
+        let n = rows[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0);
         assert_eq!(n, 3);
         assert_eq!(
             a.recent_event_ids(0, 0).await.unwrap().len(),
@@ -347,8 +482,15 @@ mod tests {
         assert_eq!(a.recent_event_ids(0, 0).await.unwrap().len(), 3);
 
         // Parquet settings: zstd, bloom filter on user_id, identifiers not in the log stats.
-        let log = std::fs::read_to_string(dir.path().join("tables/link_clicks/_delta_log/00000000000000000001.json")).unwrap();
+        let log = std::fs::read_to_string(
+            dir.path()
+                .join("tables/link_clicks/_delta_log/00000000000000000001.json"),
+        )
+        .unwrap();
         assert!(log.contains("\"txn\""), "offsets ride in the commit");
-        assert!(!log.contains("\\\"u-1\\\""), "no user id in statistics: {log}");
+        assert!(
+            !log.contains("\\\"u-1\\\""),
+            "no user id in statistics: {log}"
+        );
     }
 }

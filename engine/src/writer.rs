@@ -1,6 +1,6 @@
 use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::file::metadata::SortingColumn;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 
 use crate::table::TableSpec;
@@ -11,7 +11,9 @@ use crate::table::TableSpec;
 pub fn writer_properties(spec: &TableSpec) -> WriterProperties {
     let mut b = WriterProperties::builder()
         // Level 1: ingest is CPU-bound on 2 cores; compaction may recompress harder.
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("1 is a valid zstd level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("1 is a valid zstd level"),
+        ))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024));

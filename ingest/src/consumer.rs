@@ -28,7 +28,9 @@ pub(crate) struct IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
-        let Ok(mut marks) = self.high_watermarks.lock() else { return };
+        let Ok(mut marks) = self.high_watermarks.lock() else {
+            return;
+        };
         for (name, topic) in statistics.topics {
             for (partition, p) in topic.partitions {
                 if partition >= 0 && p.hi_offset >= 0 {
@@ -43,10 +45,16 @@ impl ConsumerContext for IngestContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let event = match rebalance {
             Rebalance::Assign(tpl) => RebalanceEvent::Assigned(
-                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect(),
             ),
             Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(
-                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect(),
             ),
             Rebalance::Error(e) => {
                 warn!(error = %e, "rebalance error");
@@ -64,7 +72,10 @@ pub(crate) type IngestConsumer = StreamConsumer<IngestContext>;
 
 /// Creates the consumer, proves the brokers are reachable and the topics exist, and
 /// subscribes. Each failure names the setting to fix.
-pub(crate) fn connect(opts: &IngestOptions, events: Sender<RebalanceEvent>) -> Result<IngestConsumer> {
+pub(crate) fn connect(
+    opts: &IngestOptions,
+    events: Sender<RebalanceEvent>,
+) -> Result<IngestConsumer> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &opts.brokers)
@@ -84,7 +95,10 @@ pub(crate) fn connect(opts: &IngestOptions, events: Sender<RebalanceEvent>) -> R
     for (k, v) in &opts.kafka_config {
         config.set(k, v);
     }
-    let context = IngestContext { events: Mutex::new(events), high_watermarks: Mutex::default() };
+    let context = IngestContext {
+        events: Mutex::new(events),
+        high_watermarks: Mutex::default(),
+    };
     let consumer: IngestConsumer = config
         .create_with_context(context)
         .map_err(|e| IngestError::Config(format!("Kafka client settings rejected: {e}")))?;
@@ -124,6 +138,9 @@ pub(crate) fn connect(opts: &IngestOptions, events: Sender<RebalanceEvent>) -> R
 pub(crate) fn is_transient(e: &KafkaError) -> bool {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::UnknownTopicOrPartition) => false,
-        Some(_) | None => !matches!(e, KafkaError::ClientCreation(_) | KafkaError::Subscription(_)),
+        Some(_) | None => !matches!(
+            e,
+            KafkaError::ClientCreation(_) | KafkaError::Subscription(_)
+        ),
     }
 }

@@ -10,7 +10,11 @@ pub(crate) struct DedupeWindow {
 
 impl DedupeWindow {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity, set: HashSet::with_capacity(capacity.min(1 << 20)), order: VecDeque::new() }
+        Self {
+            capacity,
+            set: HashSet::with_capacity(capacity.min(1 << 20)),
+            order: VecDeque::new(),
+        }
     }
 
     pub(crate) fn contains(&self, id: u128) -> bool {

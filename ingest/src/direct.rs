@@ -23,17 +23,33 @@ pub async fn ingest_direct(
 ) -> Result<IngestReport> {
     let mut events = std::collections::HashMap::new();
     for kind in EventKind::ALL {
-        events.insert(kind, EventTable::open_or_create(storage, TableSpec::for_events(kind)).await?);
+        events.insert(
+            kind,
+            EventTable::open_or_create(storage, TableSpec::for_events(kind)).await?,
+        );
     }
     let dead_letters = EventTable::open_or_create(storage, TableSpec::dead_letters()).await?;
-    let mut tables = Tables { events, dead_letters };
+    let mut tables = Tables {
+        events,
+        dead_letters,
+    };
     let mut parts = Vec::new();
     for kind in EventKind::ALL {
         let topic = kind.default_topic().to_string();
         let id = app_id(group, &topic, 0);
         let ids = [id.clone()];
-        let table_next = tables.event(kind).txn_versions(&ids).await?.remove(&id).flatten();
-        let dlq_next = tables.dead_letters.txn_versions(&ids).await?.remove(&id).flatten();
+        let table_next = tables
+            .event(kind)
+            .txn_versions(&ids)
+            .await?
+            .remove(&id)
+            .flatten();
+        let dlq_next = tables
+            .dead_letters
+            .txn_versions(&ids)
+            .await?
+            .remove(&id)
+            .flatten();
         parts.push(PartitionState {
             topic,
             partition: 0,
@@ -46,6 +62,7 @@ pub async fn ingest_direct(
             last_seek: None,
             gaps: 0,
             rewind: 0,
+            awaiting: false,
             pending: PendingMessages::default(),
             window: DedupeWindow::new(200_000),
         });
@@ -53,7 +70,10 @@ pub async fn ingest_direct(
     let mut report = IngestReport::default();
     let mut buffered = 0;
     for (kind, key, payload) in messages {
-        let p = parts.iter_mut().find(|p| p.kind == *kind).expect("a partition per kind");
+        let p = parts
+            .iter_mut()
+            .find(|p| p.kind == *kind)
+            .expect("a partition per kind");
         let offset = p.position;
         p.pending.push(offset, *key, payload);
         p.position += 1;

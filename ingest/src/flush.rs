@@ -22,7 +22,9 @@ pub(crate) struct Tables {
 
 impl Tables {
     pub(crate) fn event(&mut self, kind: EventKind) -> &mut EventTable {
-        self.events.get_mut(&kind).expect("a table is opened for every bound kind")
+        self.events
+            .get_mut(&kind)
+            .expect("a table is opened for every bound kind")
     }
 }
 
@@ -48,10 +50,15 @@ pub(crate) async fn flush(
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut letters = DeadLetterBuilder::default();
     let mut dlq_txns = Vec::new();
-    let mut per_kind: HashMap<EventKind, (Vec<arrow::array::RecordBatch>, Vec<TxnUpdate>, Vec<usize>)> = HashMap::new();
+    let mut per_kind: HashMap<
+        EventKind,
+        (Vec<arrow::array::RecordBatch>, Vec<TxnUpdate>, Vec<usize>),
+    > = HashMap::new();
 
     for kind in EventKind::ALL {
-        let members: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].kind == kind && !parts[i].pending.is_empty()).collect();
+        let members: Vec<usize> = (0..parts.len())
+            .filter(|&i| parts[i].kind == kind && !parts[i].pending.is_empty())
+            .collect();
         if members.is_empty() {
             continue;
         }
@@ -67,7 +74,10 @@ pub(crate) async fn flush(
         }
         let decoded = EventDecoder::new(kind).decode(&raw, now_us)?;
         drop(raw);
-        metrics.events_in.with_label_values(&[kind.table()]).inc_by(origin.len() as u64);
+        metrics
+            .events_in
+            .with_label_values(&[kind.table()])
+            .inc_by(origin.len() as u64);
 
         // Producer retries: an id already committed (window) or seen earlier in this flush.
         let ids = decoded
@@ -85,8 +95,15 @@ pub(crate) async fn flush(
             dups += u64::from(!fresh);
             keep.push(fresh);
         }
-        let batch = if dups > 0 { filter_record_batch(&decoded.batch, &BooleanArray::from(keep))? } else { decoded.batch };
-        metrics.duplicates.with_label_values(&[kind.table()]).inc_by(dups);
+        let batch = if dups > 0 {
+            filter_record_batch(&decoded.batch, &BooleanArray::from(keep))?
+        } else {
+            decoded.batch
+        };
+        metrics
+            .duplicates
+            .with_label_values(&[kind.table()])
+            .inc_by(dups);
         out.duplicates += dups;
 
         let mut rejected_here = 0u64;
@@ -110,7 +127,10 @@ pub(crate) async fn flush(
                 topic: p.topic.clone(),
                 partition: p.partition,
                 offset,
-                key: p.pending.key(i).map(|k| String::from_utf8_lossy(k).into_owned()),
+                key: p
+                    .pending
+                    .key(i)
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
                 payload: text,
                 payload_is_lossy: lossy,
                 reason: reject.reason.clone(),
@@ -118,16 +138,30 @@ pub(crate) async fn flush(
             });
             dlq_parts.insert(m);
         }
-        metrics.rejected.with_label_values(&[kind.table()]).inc_by(rejected_here);
+        metrics
+            .rejected
+            .with_label_values(&[kind.table()])
+            .inc_by(rejected_here);
         out.rejected += rejected_here;
         for m in dlq_parts {
             let p = &parts[m];
-            dlq_txns.push((m, TxnUpdate { app_id: p.app_id.clone(), expected: p.dlq_next, next: p.position }));
+            dlq_txns.push((
+                m,
+                TxnUpdate {
+                    app_id: p.app_id.clone(),
+                    expected: p.dlq_next,
+                    next: p.position,
+                },
+            ));
         }
 
         let txns = members
             .iter()
-            .map(|&m| TxnUpdate { app_id: parts[m].app_id.clone(), expected: parts[m].table_next, next: parts[m].position })
+            .map(|&m| TxnUpdate {
+                app_id: parts[m].app_id.clone(),
+                expected: parts[m].table_next,
+                next: parts[m].position,
+            })
             .collect();
         per_kind.insert(kind, (vec![batch], txns, members));
     }
@@ -139,8 +173,14 @@ pub(crate) async fn flush(
         match tables.dead_letters.append(&[batch], &txns).await {
             Ok(done) => {
                 metrics.commit_retries.inc_by(done.retries as u64);
-                metrics.flushed_rows.with_label_values(&[tables.dead_letters.name()]).inc_by(done.rows as u64);
-                metrics.flushed_files.with_label_values(&[tables.dead_letters.name()]).inc_by(done.files as u64);
+                metrics
+                    .flushed_rows
+                    .with_label_values(&[tables.dead_letters.name()])
+                    .inc_by(done.rows as u64);
+                metrics
+                    .flushed_files
+                    .with_label_values(&[tables.dead_letters.name()])
+                    .inc_by(done.files as u64);
                 for (m, t) in &dlq_txns {
                     parts[*m].dlq_next = Some(t.next);
                 }
@@ -165,10 +205,22 @@ pub(crate) async fn flush(
         match table.append(&batches, &txns).await {
             Ok(done) => {
                 metrics.commit_retries.inc_by(done.retries as u64);
-                metrics.flushed_rows.with_label_values(&[kind.table()]).inc_by(done.rows as u64);
-                metrics.flushed_files.with_label_values(&[kind.table()]).inc_by(done.files as u64);
+                metrics
+                    .flushed_rows
+                    .with_label_values(&[kind.table()])
+                    .inc_by(done.rows as u64);
+                metrics
+                    .flushed_files
+                    .with_label_values(&[kind.table()])
+                    .inc_by(done.files as u64);
                 out.rows += done.rows as u64;
-                debug!(table = kind.table(), version = done.version, rows = done.rows, files = done.files, "committed");
+                debug!(
+                    table = kind.table(),
+                    version = done.version,
+                    rows = done.rows,
+                    files = done.files,
+                    "committed"
+                );
                 let ids = batches[0]
                     .column_by_name("event_id")
                     .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -177,14 +229,22 @@ pub(crate) async fn flush(
                 for &m in &members {
                     let p = &mut parts[m];
                     p.table_next = Some(p.position);
-                    out.committed.push((p.topic.clone(), p.partition, p.position));
+                    out.committed
+                        .push((p.topic.clone(), p.partition, p.position));
                 }
                 // Remember the committed ids for the retry window of each partition.
                 if let (Some(ids), Some(pcol)) = (ids, partitions) {
-                    let pcol = pcol.as_any().downcast_ref::<arrow::array::Int32Array>().expect("kafka_partition is Int32");
+                    let pcol = pcol
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int32Array>()
+                        .expect("kafka_partition is Int32");
                     for row in 0..ids.len() {
                         let part = pcol.value(row);
-                        if let Some(m) = members.iter().copied().find(|&m| parts[m].partition == part) {
+                        if let Some(m) = members
+                            .iter()
+                            .copied()
+                            .find(|&m| parts[m].partition == part)
+                        {
                             if let Some(id) = uuid_key(ids.value(row)) {
                                 parts[m].window.insert(id);
                             }
@@ -195,7 +255,11 @@ pub(crate) async fn flush(
                     parts[m].pending.clear();
                 }
             }
-            Err(EngineError::Fenced { app_id, expected, found }) => {
+            Err(EngineError::Fenced {
+                app_id,
+                expected,
+                found,
+            }) => {
                 warn!(%app_id, ?expected, ?found, table = kind.table(), "partition owned by another consumer; re-reading it");
                 metrics.fenced.inc();
                 for &m in &members {
@@ -210,7 +274,13 @@ pub(crate) async fn flush(
     let elapsed = started.elapsed();
     metrics.flush_seconds.observe(elapsed.as_secs_f64());
     if out.rows > 0 || out.rejected > 0 {
-        info!(rows = out.rows, rejected = out.rejected, duplicates = out.duplicates, ms = elapsed.as_millis() as u64, "flushed");
+        info!(
+            rows = out.rows,
+            rejected = out.rejected,
+            duplicates = out.duplicates,
+            ms = elapsed.as_millis() as u64,
+            "flushed"
+        );
     }
     Ok(out)
 }

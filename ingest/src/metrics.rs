@@ -1,6 +1,9 @@
 use std::net::SocketAddr;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -27,16 +30,26 @@ pub struct IngestMetrics {
 
 impl IngestMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name, help).namespace("strata_ingest"), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c =
+                    IntCounterVec::new(Opts::new(name, help).namespace("strata_ingest"), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let events_in = counter_vec("events_total", "Messages consumed.", &["table"])?;
-        let rejected = counter_vec("rejected_total", "Messages sent to dead letters.", &["table"])?;
+        let rejected = counter_vec(
+            "rejected_total",
+            "Messages sent to dead letters.",
+            &["table"],
+        )?;
         let duplicates = counter_vec("duplicates_total", "Producer retries dropped.", &["table"])?;
         let flushed_rows = counter_vec("flushed_rows_total", "Rows committed.", &["table"])?;
-        let flushed_files = counter_vec("flushed_files_total", "Parquet files committed.", &["table"])?;
+        let flushed_files = counter_vec(
+            "flushed_files_total",
+            "Parquet files committed.",
+            &["table"],
+        )?;
         let flush_seconds = Histogram::with_opts(
             HistogramOpts::new("flush_seconds", "Time from flush start to the last commit.")
                 .namespace("strata_ingest")
@@ -44,20 +57,41 @@ impl IngestMetrics {
         )?;
         registry.register(Box::new(flush_seconds.clone()))?;
         let commit_retries = IntCounter::with_opts(
-            Opts::new("commit_retries_total", "Delta commits retried after a conflict.").namespace("strata_ingest"),
+            Opts::new(
+                "commit_retries_total",
+                "Delta commits retried after a conflict.",
+            )
+            .namespace("strata_ingest"),
         )?;
         registry.register(Box::new(commit_retries.clone()))?;
         let fenced = IntCounter::with_opts(
-            Opts::new("fenced_total", "Flushes abandoned because another consumer owned a partition.")
-                .namespace("strata_ingest"),
+            Opts::new(
+                "fenced_total",
+                "Flushes abandoned because another consumer owned a partition.",
+            )
+            .namespace("strata_ingest"),
         )?;
         registry.register(Box::new(fenced.clone()))?;
         let lag = IntGaugeVec::new(
-            Opts::new("lag_messages", "High watermark minus the next offset to commit.").namespace("strata_ingest"),
+            Opts::new(
+                "lag_messages",
+                "High watermark minus the next offset to commit.",
+            )
+            .namespace("strata_ingest"),
             &["topic", "partition"],
         )?;
         registry.register(Box::new(lag.clone()))?;
-        Ok(Self { events_in, rejected, duplicates, flushed_rows, flushed_files, flush_seconds, commit_retries, fenced, lag })
+        Ok(Self {
+            events_in,
+            rejected,
+            duplicates,
+            flushed_rows,
+            flushed_files,
+            flush_seconds,
+            commit_retries,
+            fenced,
+            lag,
+        })
     }
 }
 
@@ -72,7 +106,9 @@ impl MetricsServer {
         info!(%local, "metrics listening");
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { continue };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    continue;
+                };
                 let registry = registry.clone();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];

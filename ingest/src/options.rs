@@ -38,7 +38,10 @@ impl Default for IngestOptions {
             group: "strata".into(),
             topics: EventKind::ALL
                 .into_iter()
-                .map(|kind| TopicBinding { topic: kind.default_topic().into(), kind })
+                .map(|kind| TopicBinding {
+                    topic: kind.default_topic().into(),
+                    kind,
+                })
                 .collect(),
             flush_rows: 200_000,
             flush_bytes: 64 * 1024 * 1024,
@@ -52,6 +55,9 @@ impl Default for IngestOptions {
 
 impl IngestOptions {
     pub fn kind_of(&self, topic: &str) -> Option<EventKind> {
-        self.topics.iter().find(|t| t.topic == topic).map(|t| t.kind)
+        self.topics
+            .iter()
+            .find(|t| t.topic == topic)
+            .map(|t| t.kind)
     }
 }

@@ -50,7 +50,11 @@ impl PendingMessages {
     }
 
     pub(crate) fn raw(&self, partition: i32) -> impl Iterator<Item = RawMessage<'_>> + '_ {
-        (0..self.len()).map(move |i| RawMessage { payload: self.payload(i), partition, offset: self.offsets[i] })
+        (0..self.len()).map(move |i| RawMessage {
+            payload: self.payload(i),
+            partition,
+            offset: self.offsets[i],
+        })
     }
 
     pub(crate) fn clear(&mut self) {
@@ -82,6 +86,8 @@ pub(crate) struct PartitionState {
     pub(crate) gaps: u32,
     /// How far before `position` the next seek goes (see `retry_seeks`).
     pub(crate) rewind: i64,
+    /// True from a seek until the first message at or past `position` arrives.
+    pub(crate) awaiting: bool,
     pub(crate) pending: PendingMessages,
     pub(crate) window: DedupeWindow,
 }

@@ -16,6 +16,14 @@ use crate::flush::{flush, Tables};
 use crate::partition::{PartitionState, PendingMessages};
 use crate::{app_id, IngestMetrics, IngestOptions, Result};
 
+/// How far before the stored offset a partition's first fetch starts; the messages below
+/// the offset are skipped. Costs a re-read of at most this many messages per assignment and
+/// makes brokers that answer a fetch from inside a record batch with the *next* batch
+/// (tansu does) return the batch that holds the offset.
+const INITIAL_REWIND: i64 = 1024;
+/// How long a partition may stay silent after a seek before its watermark is checked.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+
 /// Totals of one ingest run.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct IngestReport {
@@ -37,7 +45,14 @@ pub async fn run(
     let (tx, rx) = channel();
     let consumer = connect(&opts, tx)?;
     let mut tables = open_tables(&storage, &opts).await?;
-    let mut lp = Loop { opts, consumer, rx, parts: Vec::new(), report: IngestReport::default(), metrics };
+    let mut lp = Loop {
+        opts,
+        consumer,
+        rx,
+        parts: Vec::new(),
+        report: IngestReport::default(),
+        metrics,
+    };
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -46,6 +61,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = tick.tick() => {
                 lp.apply_rebalances(&mut tables).await?;
+                lp.check_stalled();
                 lp.retry_seeks();
                 if lp.flush_due() {
                     lp.flush(&mut tables).await?;
@@ -85,11 +101,17 @@ async fn open_tables(storage: &Storage, opts: &IngestOptions) -> Result<Tables> 
     let mut events = HashMap::new();
     for binding in &opts.topics {
         if !events.contains_key(&binding.kind) {
-            events.insert(binding.kind, EventTable::open_or_create(storage, TableSpec::for_events(binding.kind)).await?);
+            events.insert(
+                binding.kind,
+                EventTable::open_or_create(storage, TableSpec::for_events(binding.kind)).await?,
+            );
         }
     }
     let dead_letters = EventTable::open_or_create(storage, TableSpec::dead_letters()).await?;
-    Ok(Tables { events, dead_letters })
+    Ok(Tables {
+        events,
+        dead_letters,
+    })
 }
 
 struct Loop {
@@ -103,10 +125,19 @@ struct Loop {
 
 impl Loop {
     fn find(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionState> {
-        self.parts.iter_mut().find(|p| p.partition == partition && p.topic == topic)
+        self.parts
+            .iter_mut()
+            .find(|p| p.partition == partition && p.topic == topic)
     }
 
-    fn accept(&mut self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+    fn accept(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) {
         let Some(p) = self.find(topic, partition) else {
             // A message of a partition no longer (or not yet) ours: the owner reads it.
             return;
@@ -120,14 +151,20 @@ impl Loop {
         let fresh_start = p.table_next.is_none() && p.pending.is_empty() && p.position == 0;
         if offset > p.position && !fresh_start {
             if !p.needs_seek {
-                debug!(topic, partition, expected = p.position, got = offset, "message ahead of position; seeking again");
+                debug!(
+                    topic,
+                    partition,
+                    expected = p.position,
+                    got = offset,
+                    "message ahead of position; seeking again"
+                );
                 p.needs_seek = true;
                 p.gaps += 1;
             }
             return;
         }
         p.gaps = 0;
-        p.rewind = 0;
+        p.awaiting = false;
         p.pending.push(offset, key, payload);
         p.position = offset + 1;
         self.report.consumed += 1;
@@ -183,7 +220,8 @@ impl Loop {
                 RebalanceEvent::Revoked(list) => {
                     // Uncommitted messages of revoked partitions are dropped: the new owner
                     // reads them again from the offsets in the table.
-                    self.parts.retain(|p| !list.iter().any(|(t, n)| *t == p.topic && *n == p.partition));
+                    self.parts
+                        .retain(|p| !list.iter().any(|(t, n)| *t == p.topic && *n == p.partition));
                 }
                 RebalanceEvent::Assigned(list) => self.init_partitions(tables, &list).await?,
             }
@@ -196,26 +234,43 @@ impl Loop {
         tables.dead_letters.refresh().await?;
         let mut refreshed = Vec::new();
         for (topic, partition) in list {
-            let Some(kind) = self.opts.kind_of(topic) else { continue };
+            let Some(kind) = self.opts.kind_of(topic) else {
+                continue;
+            };
             if !refreshed.contains(&kind) {
                 tables.event(kind).refresh().await?;
                 refreshed.push(kind);
             }
             let id = app_id(&self.opts.group, topic, *partition);
             let ids = [id.clone()];
-            let table_next = tables.event(kind).txn_versions(&ids).await?.remove(&id).flatten();
-            let dlq_next = tables.dead_letters.txn_versions(&ids).await?.remove(&id).flatten();
+            let table_next = tables
+                .event(kind)
+                .txn_versions(&ids)
+                .await?
+                .remove(&id)
+                .flatten();
+            let dlq_next = tables
+                .dead_letters
+                .txn_versions(&ids)
+                .await?
+                .remove(&id)
+                .flatten();
             let mut window = DedupeWindow::new(self.opts.dedupe_window);
             if let (Some(next), true) = (table_next, self.opts.dedupe_window > 0) {
                 let from = next.saturating_sub(self.opts.dedupe_window as i64);
-                for id in tables.event(kind).recent_event_ids(*partition, from).await? {
+                for id in tables
+                    .event(kind)
+                    .recent_event_ids(*partition, from)
+                    .await?
+                {
                     if let Some(k) = uuid_key(&id) {
                         window.insert(k);
                     }
                 }
             }
             info!(topic = %topic, partition, ?table_next, ?dlq_next, window = window.len(), "partition starts from the table's offsets");
-            self.parts.retain(|p| !(p.topic == *topic && p.partition == *partition));
+            self.parts
+                .retain(|p| !(p.topic == *topic && p.partition == *partition));
             self.parts.push(PartitionState {
                 topic: topic.clone(),
                 partition: *partition,
@@ -227,7 +282,13 @@ impl Loop {
                 needs_seek: true,
                 last_seek: None,
                 gaps: 0,
-                rewind: 0,
+                // Start a little before the stored offset: see `retry_seeks`.
+                rewind: if table_next.is_some() {
+                    INITIAL_REWIND
+                } else {
+                    0
+                },
+                awaiting: false,
                 pending: PendingMessages::default(),
                 window,
             });
@@ -240,20 +301,25 @@ impl Loop {
     /// assignment is still settling; it is retried on every tick until it is accepted.
     fn retry_seeks(&mut self) {
         for p in self.parts.iter_mut().filter(|p| p.needs_seek) {
-            if p.last_seek.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            if p.last_seek
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+            {
                 continue;
             }
             // Some brokers (tansu among them) answer a fetch from the middle of a record batch
             // with the *next* batch. After a gap, seek further back each time (the messages
             // below `position` are skipped) until the batch holding `position` comes back.
             if p.gaps > 0 {
-                p.rewind = (p.rewind * 4).clamp(512, p.position.max(0));
+                p.rewind = (p.rewind * 4).max(512).min(p.position.max(0));
             }
             // Gaps that persist while rewinding may mean the log no longer holds
             // `position` (retention): then the earliest offset still held is where the
             // partition continues.
             if p.gaps >= 8 {
-                if let Ok((low, _)) = self.consumer.fetch_watermarks(&p.topic, p.partition, Duration::from_secs(2)) {
+                if let Ok((low, _)) =
+                    self.consumer
+                        .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(2))
+                {
                     if low > p.position {
                         tracing::error!(topic = %p.topic, partition = p.partition, lost = low - p.position, "messages deleted by retention before ingest");
                         p.position = low;
@@ -267,15 +333,48 @@ impl Loop {
                 (_, n) => Offset::Offset(n),
             };
             p.last_seek = Some(std::time::Instant::now());
-            match self.consumer.seek(&p.topic, p.partition, offset, Duration::from_secs(5)) {
-                Ok(()) => p.needs_seek = false,
-                Err(e) => tracing::debug!(topic = %p.topic, partition = p.partition, error = %e, "seek not accepted yet"),
+            match self
+                .consumer
+                .seek(&p.topic, p.partition, offset, Duration::from_secs(5))
+            {
+                Ok(()) => {
+                    p.needs_seek = false;
+                    p.awaiting = true;
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %p.topic, partition = p.partition, error = %e, "seek not accepted yet")
+                }
+            }
+        }
+    }
+
+    /// A partition that got no message since its seek although the log holds more than
+    /// `position` is stuck behind a broker that skipped the batch we asked for (the last
+    /// batch has no successor to reveal the gap): seek further back.
+    fn check_stalled(&mut self) {
+        for p in self.parts.iter_mut() {
+            let idle = p.last_seek.is_some_and(|t| t.elapsed() >= STALL_CHECK);
+            if p.needs_seek || !p.awaiting || !idle {
+                continue;
+            }
+            match self
+                .consumer
+                .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(1))
+            {
+                Ok((_, high)) if high > p.position => {
+                    debug!(topic = %p.topic, partition = p.partition, position = p.position, high, "no message since seek; seeking further back");
+                    p.gaps += 1;
+                    p.needs_seek = true;
+                }
+                _ => p.last_seek = Some(std::time::Instant::now()),
             }
         }
     }
 
     fn update_lag(&self) {
-        let Ok(marks) = self.consumer.context().high_watermarks.lock() else { return };
+        let Ok(marks) = self.consumer.context().high_watermarks.lock() else {
+            return;
+        };
         for p in &self.parts {
             if let Some(&high) = marks.get(&(p.topic.clone(), p.partition)) {
                 let committed = p.table_next.unwrap_or(0);

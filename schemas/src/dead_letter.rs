@@ -94,6 +94,7 @@ impl DeadLetterBuilder {
             Arc::new(date.finish()),
         ];
         // The columns are built above in schema order with matching types and lengths.
-        RecordBatch::try_new(dead_letter_schema(), columns).expect("dead letter batch matches its schema")
+        RecordBatch::try_new(dead_letter_schema(), columns)
+            .expect("dead letter batch matches its schema")
     }
 }

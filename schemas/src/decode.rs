@@ -183,7 +183,11 @@ impl EventDecoder {
         for field in self.table.fields() {
             let name = field.name().as_str();
             let col: ArrayRef = match name {
-                PARTITION_COLUMN => cast(good.column_by_name("occurred_at").expect("wire has occurred_at"), &DataType::Date32)?,
+                PARTITION_COLUMN => cast(
+                    good.column_by_name("occurred_at")
+                        .expect("wire has occurred_at"),
+                    &DataType::Date32,
+                )?,
                 "kafka_partition" => Arc::new(Int32Array::from_iter_values(
                     source_index.iter().map(|&i| messages[i].partition),
                 )),
@@ -191,15 +195,28 @@ impl EventDecoder {
                     source_index.iter().map(|&i| messages[i].offset),
                 )),
                 "ingested_at" => Arc::new(
-                    TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ingested_at_us, n))
-                        .with_timezone("UTC"),
+                    TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(
+                        ingested_at_us,
+                        n,
+                    ))
+                    .with_timezone("UTC"),
                 ),
                 _ => {
                     // Every non-derived table column is a wire column (same name and type).
-                    let col = good.column_by_name(name).expect("table field is a wire field").clone();
+                    let col = good
+                        .column_by_name(name)
+                        .expect("table field is a wire field")
+                        .clone();
                     if defaults_to_false(self.kind, name) && col.null_count() > 0 {
-                        let b = col.as_any().downcast_ref::<BooleanArray>().expect("boolean column");
-                        Arc::new(b.iter().map(|v| Some(v.unwrap_or(false))).collect::<BooleanArray>())
+                        let b = col
+                            .as_any()
+                            .downcast_ref::<BooleanArray>()
+                            .expect("boolean column");
+                        Arc::new(
+                            b.iter()
+                                .map(|v| Some(v.unwrap_or(false)))
+                                .collect::<BooleanArray>(),
+                        )
                     } else {
                         col
                     }
@@ -254,22 +271,42 @@ mod tests {
         let raw: Vec<_> = payloads
             .iter()
             .enumerate()
-            .map(|(i, p)| RawMessage { payload: p.as_bytes(), partition: 3, offset: 100 + i as i64 })
+            .map(|(i, p)| RawMessage {
+                payload: p.as_bytes(),
+                partition: 3,
+                offset: 100 + i as i64,
+            })
             .collect();
         EventDecoder::new(kind).decode(&raw, NOW).unwrap()
     }
 
     #[test]
     fn good_clicks_become_table_rows() {
-        let d = decode(EventKind::LinkClick, &[click("0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11"), click("1b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11")]);
+        let d = decode(
+            EventKind::LinkClick,
+            &[
+                click("0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11"),
+                click("1b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11"),
+            ],
+        );
         assert!(d.rejects.is_empty(), "{:?}", d.rejects);
         assert_eq!(d.batch.num_rows(), 2);
         assert_eq!(d.batch.schema(), EventKind::LinkClick.table_schema());
-        let date = d.batch.column_by_name("event_date").unwrap().as_any().downcast_ref::<Date32Array>().unwrap();
+        let date = d
+            .batch
+            .column_by_name("event_date")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .unwrap();
         assert_eq!(date.value(0), 20727); // 2026-10-01
         let bot = d.batch.column_by_name("is_bot").unwrap().as_boolean();
         assert!(!bot.value(0), "is_bot defaults to false");
-        let off = d.batch.column_by_name("kafka_offset").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
+        let off = d
+            .batch
+            .column_by_name("kafka_offset")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!(off.value(1), 101);
     }
 
@@ -282,13 +319,34 @@ mod tests {
             (String::new(), "empty message"),
             (format!("[{good}]"), "not a JSON object"),
             (format!("{good}{good}"), "more than one JSON value"),
-            (good.replace("\"item_id\":\"mar-1\",", ""), "missing required field `item_id`"),
-            (good.replace("\"schema_version\":1", "\"schema_version\":\"one\""), "bad field type"),
-            (good.replace("\"schema_version\":1", "\"schema_version\":7"), "unsupported schema_version 7"),
-            (good.replace("0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11", "nope"), "event_id is not a UUID"),
-            (good.replace("2026-10-01T12:00:00.250Z", "1999-12-31T00:00:00Z"), "occurred_at"),
-            (good.replace("2026-10-01T12:00:00.250Z", "yesterday"), "bad field type"),
-            (good.replace("\"source\":\"search\"", "\"source\":\"  \""), "empty required field `source`"),
+            (
+                good.replace("\"item_id\":\"mar-1\",", ""),
+                "missing required field `item_id`",
+            ),
+            (
+                good.replace("\"schema_version\":1", "\"schema_version\":\"one\""),
+                "bad field type",
+            ),
+            (
+                good.replace("\"schema_version\":1", "\"schema_version\":7"),
+                "unsupported schema_version 7",
+            ),
+            (
+                good.replace("0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11", "nope"),
+                "event_id is not a UUID",
+            ),
+            (
+                good.replace("2026-10-01T12:00:00.250Z", "1999-12-31T00:00:00Z"),
+                "occurred_at",
+            ),
+            (
+                good.replace("2026-10-01T12:00:00.250Z", "yesterday"),
+                "bad field type",
+            ),
+            (
+                good.replace("\"source\":\"search\"", "\"source\":\"  \""),
+                "empty required field `source`",
+            ),
         ];
         let mut payloads = vec![good.clone()];
         for (p, _) in &cases {
@@ -299,7 +357,11 @@ mod tests {
         assert_eq!(d.batch.num_rows(), cases.len() + 1);
         assert_eq!(d.rejects.len(), cases.len());
         for (reject, (_, want)) in d.rejects.iter().zip(&cases) {
-            assert!(reject.reason.contains(want), "reason `{}` should contain `{want}`", reject.reason);
+            assert!(
+                reject.reason.contains(want),
+                "reason `{}` should contain `{want}`",
+                reject.reason
+            );
             assert_eq!(reject.index % 2, 1);
         }
         assert_eq!(d.source_index.len(), d.batch.num_rows());
@@ -313,7 +375,11 @@ mod tests {
         let d = decode(EventKind::AiUsage, &[ok.to_string(), neg]);
         assert_eq!(d.batch.num_rows(), 1);
         assert!(d.rejects[0].reason.contains("`input_tokens` is negative"));
-        let cost = d.batch.column_by_name("cost_usd").unwrap().as_primitive::<arrow::datatypes::Decimal128Type>();
+        let cost = d
+            .batch
+            .column_by_name("cost_usd")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Decimal128Type>();
         assert_eq!(cost.value(0), 123_456);
     }
 }

@@ -15,7 +15,11 @@ const MIN_OCCURRED_AT_US: i64 = 946_684_800_000_000;
 const MAX_FUTURE_US: i64 = 86_400_000_000;
 
 /// One entry per row: `None` when the row is good, else the first reason it is not.
-pub(crate) fn validate(kind: EventKind, wire: &RecordBatch, ingested_at_us: i64) -> Vec<Option<String>> {
+pub(crate) fn validate(
+    kind: EventKind,
+    wire: &RecordBatch,
+    ingested_at_us: i64,
+) -> Vec<Option<String>> {
     let n = wire.num_rows();
     let mut reasons: Vec<Option<String>> = vec![None; n];
     let set = |reasons: &mut Vec<Option<String>>, row: usize, why: &dyn Fn() -> String| {
@@ -25,18 +29,24 @@ pub(crate) fn validate(kind: EventKind, wire: &RecordBatch, ingested_at_us: i64)
     };
 
     for name in kind.required_fields() {
-        let col = wire.column_by_name(name).expect("required field is a wire field");
+        let col = wire
+            .column_by_name(name)
+            .expect("required field is a wire field");
         if col.null_count() > 0 {
             for row in 0..n {
                 if col.is_null(row) {
-                    set(&mut reasons, row, &|| format!("missing required field `{name}`"));
+                    set(&mut reasons, row, &|| {
+                        format!("missing required field `{name}`")
+                    });
                 }
             }
         }
         if let Some(s) = col.as_string_opt::<i32>() {
             for row in 0..n {
                 if s.is_valid(row) && s.value(row).trim().is_empty() {
-                    set(&mut reasons, row, &|| format!("empty required field `{name}`"));
+                    set(&mut reasons, row, &|| {
+                        format!("empty required field `{name}`")
+                    });
                 }
             }
         }
@@ -44,9 +54,13 @@ pub(crate) fn validate(kind: EventKind, wire: &RecordBatch, ingested_at_us: i64)
 
     let version = column::<Int32Array>(wire, "schema_version");
     for row in 0..n {
-        if version.is_valid(row) && !SUPPORTED_SCHEMA_VERSIONS.contains(&(version.value(row) as i64)) {
+        if version.is_valid(row)
+            && !SUPPORTED_SCHEMA_VERSIONS.contains(&(version.value(row) as i64))
+        {
             let v = version.value(row);
-            set(&mut reasons, row, &|| format!("unsupported schema_version {v} (supported: {SUPPORTED_SCHEMA_VERSIONS:?})"));
+            set(&mut reasons, row, &|| {
+                format!("unsupported schema_version {v} (supported: {SUPPORTED_SCHEMA_VERSIONS:?})")
+            });
         }
     }
 
@@ -62,7 +76,9 @@ pub(crate) fn validate(kind: EventKind, wire: &RecordBatch, ingested_at_us: i64)
         if occurred.is_valid(row) {
             let t = occurred.value(row);
             if !(MIN_OCCURRED_AT_US..=ingested_at_us + MAX_FUTURE_US).contains(&t) {
-                set(&mut reasons, row, &|| "occurred_at is before 2000 or more than a day in the future".to_string());
+                set(&mut reasons, row, &|| {
+                    "occurred_at is before 2000 or more than a day in the future".to_string()
+                });
             }
         }
     }

@@ -73,8 +73,15 @@ async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
         Some(u) => format!("{}/{name}", u.trim_end_matches('/')),
         None => format!("{}/{name}", tmp.display()),
     };
-    eprintln!("bench: generating {} events (seed {})", args.events, args.seed);
-    let mut generator = Generator::new(GenOptions { seed: args.seed, events: args.events, ..GenOptions::default() });
+    eprintln!(
+        "bench: generating {} events (seed {})",
+        args.events, args.seed
+    );
+    let mut generator = Generator::new(GenOptions {
+        seed: args.seed,
+        events: args.events,
+        ..GenOptions::default()
+    });
     let messages: Vec<Message> = generator.by_ref().collect();
     let summary = generator.summary().clone();
     let generated_bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
@@ -82,15 +89,38 @@ async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
     let mut stages = Vec::new();
 
     // Stage 1: decode -> Parquet -> Delta commit, no broker.
-    let storage = Storage::open(&StorageOptions { url: root("direct"), ..Default::default() }).await?;
-    let direct: Vec<strata_ingest::DirectMessage<'_>> =
-        messages.iter().map(|m| (EventKind::from(m.kind), m.key.as_deref().map(str::as_bytes), m.payload.as_bytes())).collect();
+    let storage = Storage::open(&StorageOptions {
+        url: root("direct"),
+        ..Default::default()
+    })
+    .await?;
+    let direct: Vec<strata_ingest::DirectMessage<'_>> = messages
+        .iter()
+        .map(|m| {
+            (
+                EventKind::from(m.kind),
+                m.key.as_deref().map(str::as_bytes),
+                m.payload.as_bytes(),
+            )
+        })
+        .collect();
     let metrics = IngestMetrics::new(&prometheus::Registry::new())?;
     eprintln!("bench: decode -> commit of {} messages", direct.len());
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let report = strata_ingest::ingest_direct(&storage, "bench", &direct, args.flush_rows, &metrics).await?;
-    stages.push(stage("decode_to_commit", direct.len() as u64, report.rows_committed, t0.elapsed(), cpu_seconds() - cpu0));
-    anyhow::ensure!(report.rows_committed == expected, "committed {} rows, expected {expected}", report.rows_committed);
+    let report =
+        strata_ingest::ingest_direct(&storage, "bench", &direct, args.flush_rows, &metrics).await?;
+    stages.push(stage(
+        "decode_to_commit",
+        direct.len() as u64,
+        report.rows_committed,
+        t0.elapsed(),
+        cpu_seconds() - cpu0,
+    ));
+    anyhow::ensure!(
+        report.rows_committed == expected,
+        "committed {} rows, expected {expected}",
+        report.rows_committed
+    );
     drop(direct);
 
     if !args.skip_broker {
@@ -112,26 +142,46 @@ async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
                 }
             }
             None => {
-                crate::kafka::create_topics(&brokers, &[&topic(EventKind::LinkClick), &topic(EventKind::AiUsage)], 4).await?
+                crate::kafka::create_topics(
+                    &brokers,
+                    &[&topic(EventKind::LinkClick), &topic(EventKind::AiUsage)],
+                    4,
+                )
+                .await?
             }
         }
         eprintln!("bench: producing {} messages to {brokers}", messages.len());
         let t0 = Instant::now();
         let (producer, counts) = crate::kafka::producer(&brokers)?;
         for m in &messages {
-            crate::kafka::send(&producer, &topic(EventKind::from(m.kind)), m.key.as_deref(), &m.payload)?;
+            crate::kafka::send(
+                &producer,
+                &topic(EventKind::from(m.kind)),
+                m.key.as_deref(),
+                &m.payload,
+            )?;
         }
         crate::kafka::finish(&producer, &counts)?;
         drop(producer);
         eprintln!("bench: produced in {:.1}s", t0.elapsed().as_secs_f64());
 
-        let storage = Storage::open(&StorageOptions { url: root("broker"), ..Default::default() }).await?;
+        let storage = Storage::open(&StorageOptions {
+            url: root("broker"),
+            ..Default::default()
+        })
+        .await?;
         let registry = prometheus::Registry::new();
         let metrics = IngestMetrics::new(&registry)?;
         let opts = IngestOptions {
             brokers: brokers.clone(),
             group: format!("bench-{suffix}"),
-            topics: EventKind::ALL.into_iter().map(|kind| TopicBinding { topic: topic(kind), kind }).collect(),
+            topics: EventKind::ALL
+                .into_iter()
+                .map(|kind| TopicBinding {
+                    topic: topic(kind),
+                    kind,
+                })
+                .collect(),
             flush_rows: args.flush_rows,
             flush_age: Duration::from_secs(2),
             ..IngestOptions::default()
@@ -139,7 +189,10 @@ async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
         let watch = metrics.clone();
         let done = async move {
             loop {
-                let rows: u64 = EventKind::ALL.iter().map(|k| watch.flushed_rows.with_label_values(&[k.table()]).get()).sum();
+                let rows: u64 = EventKind::ALL
+                    .iter()
+                    .map(|k| watch.flushed_rows.with_label_values(&[k.table()]).get())
+                    .sum();
                 if rows >= expected {
                     break;
                 }
@@ -149,13 +202,21 @@ async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
         eprintln!("bench: end-to-end ingest from the broker");
         let (cpu0, t0) = (cpu_seconds(), Instant::now());
         let report = strata_ingest::run(opts, storage, metrics, done).await?;
-        stages.push(stage("broker_to_commit", report.consumed, report.rows_committed, t0.elapsed(), cpu_seconds() - cpu0));
+        stages.push(stage(
+            "broker_to_commit",
+            report.consumed,
+            report.rows_committed,
+            t0.elapsed(),
+            cpu_seconds() - cpu0,
+        ));
     }
 
     let results = Results {
         events: args.events,
         flush_rows: args.flush_rows,
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         stages,
         peak_rss_mib: peak_rss_mib(),
         generated_bytes,
@@ -166,7 +227,11 @@ async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
             s.name, s.messages, s.seconds, s.events_per_sec, s.events_per_cpu_sec
         );
     }
-    println!("peak RSS {:.0} MiB (includes the {} MiB of generated messages held in memory)", results.peak_rss_mib, generated_bytes / (1 << 20));
+    println!(
+        "peak RSS {:.0} MiB (includes the {} MiB of generated messages held in memory)",
+        results.peak_rss_mib,
+        generated_bytes / (1 << 20)
+    );
     let json = serde_json::to_string_pretty(&results)?;
     if let Some(p) = &args.json_out {
         std::fs::write(p, &json)?;
@@ -186,7 +251,11 @@ fn stage(name: &'static str, messages: u64, rows: u64, wall: Duration, cpu: f64)
         seconds: s,
         events_per_sec: messages as f64 / s,
         cpu_seconds: cpu,
-        events_per_cpu_sec: if cpu > 0.0 { messages as f64 / cpu } else { 0.0 },
+        events_per_cpu_sec: if cpu > 0.0 {
+            messages as f64 / cpu
+        } else {
+            0.0
+        },
     }
 }
 
@@ -198,7 +267,9 @@ fn tempdir() -> anyhow::Result<std::path::PathBuf> {
 
 /// User + system CPU time of this process, from /proc (Linux).
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -209,7 +280,11 @@ fn cpu_seconds() -> f64 {
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }

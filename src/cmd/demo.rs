@@ -34,12 +34,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         cluster.create_topic(kind.default_topic(), 4, 1)?;
     }
     let brokers = cluster.bootstrap_servers();
-    eprintln!("strata demo: embedded Kafka at {brokers}, storage root {}", storage.root());
-    eprintln!("strata demo: producing ~{} events/s; Ctrl-C stops and commits what is buffered", args.rate);
+    eprintln!(
+        "strata demo: embedded Kafka at {brokers}, storage root {}",
+        storage.root()
+    );
+    eprintln!(
+        "strata demo: producing ~{} events/s; Ctrl-C stops and commits what is buffered",
+        args.rate
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
-        let (stop, brokers, rate, seed) = (stop.clone(), brokers.clone(), args.rate.max(1), args.seed);
+        let (stop, brokers, rate, seed) =
+            (stop.clone(), brokers.clone(), args.rate.max(1), args.seed);
         std::thread::spawn(move || produce_live(&brokers, rate, seed, &stop))
     };
 
@@ -49,7 +56,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let opts = IngestOptions {
         brokers: brokers.clone(),
         group,
-        topics: EventKind::ALL.into_iter().map(|kind| TopicBinding { topic: kind.default_topic().into(), kind }).collect(),
+        topics: EventKind::ALL
+            .into_iter()
+            .map(|kind| TopicBinding {
+                topic: kind.default_topic().into(),
+                kind,
+            })
+            .collect(),
         flush_rows: 50_000,
         flush_age: Duration::from_secs(2),
         ..IngestOptions::default()
@@ -59,7 +72,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let deadline = args.duration_secs.map(Duration::from_secs);
     let shutdown = async move {
         match deadline {
-            Some(d) => tokio::select! { _ = shutdown_signal() => {}, _ = tokio::time::sleep(d) => {} },
+            Some(d) => {
+                tokio::select! { _ = shutdown_signal() => {}, _ = tokio::time::sleep(d) => {} }
+            }
             None => shutdown_signal().await,
         }
     };
@@ -78,9 +93,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let report = strata_ingest::run(opts, storage.clone(), metrics, shutdown).await;
     stop.store(true, Ordering::Relaxed);
     reporter.abort();
-    let produced = producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     let report = report?;
-    eprintln!("strata demo: produced {produced}, ingest {}", serde_json::to_string(&report)?);
+    eprintln!(
+        "strata demo: produced {produced}, ingest {}",
+        serde_json::to_string(&report)?
+    );
     eprintln!("strata demo: {}", counts(&storage).await?);
     eprintln!(
         "strata demo: query it with: strata sql --storage-url {} \"SELECT source, count(*) FROM link_clicks GROUP BY source\"",
@@ -97,7 +117,12 @@ async fn counts(storage: &Storage) -> anyhow::Result<String> {
         let (_, batches) = session.query(&format!("SELECT count(*) FROM {t}")).await?;
         let n = batches
             .first()
-            .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
             .unwrap_or(0);
         parts.push(format!("{t}={n}"));
     }
@@ -107,7 +132,12 @@ async fn counts(storage: &Storage) -> anyhow::Result<String> {
 /// Produces live events at `rate` per second, with a 3x burst for 2 s every 15 s.
 fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
     let (producer, counts) = crate::kafka::producer(brokers)?;
-    let mut generator = Generator::new(GenOptions { seed, live: true, events: u64::MAX, ..GenOptions::default() });
+    let mut generator = Generator::new(GenOptions {
+        seed,
+        live: true,
+        events: u64::MAX,
+        ..GenOptions::default()
+    });
     let started = Instant::now();
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -115,7 +145,12 @@ fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyho
         let per_tick = if t % 15 < 2 { rate * 3 / 10 } else { rate / 10 }.max(1);
         for _ in 0..per_tick {
             let Some(m) = generator.next() else { break };
-            crate::kafka::send(&producer, EventKind::from(m.kind).default_topic(), m.key.as_deref(), &m.payload)?;
+            crate::kafka::send(
+                &producer,
+                EventKind::from(m.kind).default_topic(),
+                m.key.as_deref(),
+                &m.payload,
+            )?;
             sent += 1;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -80,12 +80,22 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             kafka_options: vec![],
         };
         if args.create_topics {
-            crate::kafka::create_topics(brokers, &[&kafka.click_topic, &kafka.ai_usage_topic], args.partitions).await?;
+            crate::kafka::create_topics(
+                brokers,
+                &[&kafka.click_topic, &kafka.ai_usage_topic],
+                args.partitions,
+            )
+            .await?;
         }
         let (producer, counts) = crate::kafka::producer(brokers)?;
         let mut n = 0u64;
         for m in generator.by_ref() {
-            crate::kafka::send(&producer, kafka.topic_of(EventKind::from(m.kind)), m.key.as_deref(), &m.payload)?;
+            crate::kafka::send(
+                &producer,
+                kafka.topic_of(EventKind::from(m.kind)),
+                m.key.as_deref(),
+                &m.payload,
+            )?;
             n += 1;
             if n % progress_every == 0 {
                 eprintln!("gen: {n} messages queued");
@@ -94,8 +104,12 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
         let delivered = crate::kafka::finish(&producer, &counts)?;
         eprintln!("gen: {delivered} messages delivered to {brokers}");
     } else {
-        let path = args.out.clone().unwrap_or_else(|| PathBuf::from("events.jsonl"));
-        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let path = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("events.jsonl"));
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = BufWriter::new(file);
         for m in generator.by_ref() {
             serde_json::to_writer(&mut w, &m)?;

@@ -11,14 +11,20 @@ use serde_json::Value;
 
 pub fn strata() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.env("STRATA_LOG", "warn,strata=info,strata_ingest=info,strata_engine=info");
+    c.env("STRATA_LOG", "warn,strata=info,strata_ingest=info,strata_engine=info,deltalake_core=off,delta_kernel=off");
     c.stdin(Stdio::null());
     c
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("running strata");
-    assert!(out.status.success(), "{:?} failed: {}\n{}", cmd, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
@@ -29,19 +35,28 @@ pub fn run_err(cmd: &mut Command) -> Output {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn wait_port(port: u16, what: &str) {
-    wait_for(what, Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for(what, Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 }
 
 fn tool(env: &str, name: &str) -> PathBuf {
@@ -49,7 +64,15 @@ fn tool(env: &str, name: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').map(PathBuf::from).chain([PathBuf::from(format!("{home}/.cargo/bin")), PathBuf::from(format!("{home}/.cache/strata/venv/bin"))]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(PathBuf::from)
+        .chain([
+            PathBuf::from(format!("{home}/.cargo/bin")),
+            PathBuf::from(format!("{home}/.cache/strata/venv/bin")),
+        ])
+    {
         let p = dir.join(name);
         if p.is_file() {
             return p;
@@ -80,8 +103,16 @@ impl Proc {
     /// SIGTERM, then the exit status and stdout.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         self.signal(Signal::SIGTERM);
-        let out = self.child.take().expect("running").wait_with_output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = self
+            .child
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 }
 
@@ -96,7 +127,11 @@ impl Drop for Proc {
 
 pub fn spawn(cmd: &mut Command, name: &str, log: &Path) -> Proc {
     let file = std::fs::File::create(log).unwrap();
-    let child = cmd.stdout(Stdio::piped()).stderr(file).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
     Proc { child: Some(child) }
 }
 
@@ -111,11 +146,22 @@ impl Tansu {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let mut cmd = Command::new(tool("STRATA_TANSU_BIN", "tansu"));
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]);
         cmd.env("RUST_LOG", "warn");
         let proc = spawn(&mut cmd, "tansu", &dir.join("tansu.log"));
         wait_port(port, "tansu to listen");
-        Tansu { brokers: format!("127.0.0.1:{port}"), _proc: proc }
+        Tansu {
+            brokers: format!("127.0.0.1:{port}"),
+            _proc: proc,
+        }
     }
 }
 
@@ -136,9 +182,19 @@ impl Moto {
         let script = format!(
             "import boto3; boto3.client('s3', endpoint_url='{endpoint}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')"
         );
-        let out = Command::new(python()).args(["-c", &script]).output().unwrap();
-        assert!(out.status.success(), "creating bucket: {}", String::from_utf8_lossy(&out.stderr));
-        Moto { endpoint, _proc: proc }
+        let out = Command::new(python())
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating bucket: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Moto {
+            endpoint,
+            _proc: proc,
+        }
     }
 
     pub fn storage_args(&self) -> Vec<String> {
@@ -162,8 +218,18 @@ pub fn python() -> PathBuf {
 /// Generates `events` into the broker (creating the topics) and returns the summary.
 pub fn produce(brokers: &str, seed: u64, events: u64, partitions: i32) -> Value {
     let out = run_ok(strata().args([
-        "gen", "--kafka", brokers, "--create-topics", "--partitions", &partitions.to_string(),
-        "--seed", &seed.to_string(), "--events", &events.to_string(), "--end-date", "2026-11-01",
+        "gen",
+        "--kafka",
+        brokers,
+        "--create-topics",
+        "--partitions",
+        &partitions.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--events",
+        &events.to_string(),
+        "--end-date",
+        "2026-11-01",
     ]));
     serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
 }
@@ -171,17 +237,44 @@ pub fn produce(brokers: &str, seed: u64, events: u64, partitions: i32) -> Value 
 /// Runs one query through `strata sql --format json` and returns the rows.
 pub fn sql(storage: &[String], q: &str) -> Vec<Value> {
     let mut cmd = strata();
-    cmd.arg("sql").arg(q).args(["--format", "json"]).args(storage);
-    run_ok(&mut cmd).lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+    cmd.arg("sql")
+        .arg(q)
+        .args(["--format", "json"])
+        .args(storage);
+    run_ok(&mut cmd)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 pub fn int(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 /// Number of commits in a local table's log.
 pub fn commits(root: &Path, table: &str) -> usize {
     std::fs::read_dir(root.join("tables").join(table).join("_delta_log"))
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
         .unwrap_or(0)
+}
+
+/// A per-test directory; kept (and its path printed) when `STRATA_TEST_KEEP` is set, so the
+/// logs of the processes under test can be read after a failure.
+pub fn test_dir() -> tempfile::TempDir {
+    let keep = std::env::var_os("STRATA_TEST_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("strata-it-")
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    if keep {
+        eprintln!("test dir: {}", dir.path().display());
+    }
+    dir
 }
