@@ -6,7 +6,7 @@ use strata_schemas::EventKind;
 
 use crate::dedupe::DedupeWindow;
 use crate::flush::{flush, Tables};
-use crate::partition::{PartitionState, PendingMessages};
+use crate::partition::PartitionState;
 use crate::{app_id, IngestMetrics, IngestReport, Result};
 
 /// One message for [`ingest_direct`]: event kind, key, payload.
@@ -37,35 +37,15 @@ pub async fn ingest_direct(
     for kind in EventKind::ALL {
         let topic = kind.default_topic().to_string();
         let id = app_id(group, &topic, 0);
-        let ids = [id.clone()];
-        let table_next = tables
-            .event(kind)
-            .txn_versions(&ids)
-            .await?
-            .remove(&id)
-            .flatten();
-        let dlq_next = tables
-            .dead_letters
-            .txn_versions(&ids)
-            .await?
-            .remove(&id)
-            .flatten();
-        parts.push(PartitionState {
+        let (table_next, dlq_next) = tables.stored_offsets(kind, &id).await?;
+        parts.push(PartitionState::new(
             topic,
-            partition: 0,
+            0,
             kind,
-            app_id: id,
-            table_next,
-            dlq_next,
-            position: table_next.unwrap_or(0),
-            needs_seek: false,
-            last_seek: None,
-            gaps: 0,
-            rewind: 0,
-            awaiting: false,
-            pending: PendingMessages::default(),
-            window: DedupeWindow::new(200_000),
-        });
+            id,
+            (table_next, dlq_next),
+            DedupeWindow::new(200_000),
+        ));
     }
     let mut report = IngestReport::default();
     let mut buffered = 0;

@@ -21,12 +21,38 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
+    /// The `txn` versions of one app id in its event table and in `dead_letters`.
+    pub(crate) async fn stored_offsets(
+        &mut self,
+        kind: EventKind,
+        app_id: &str,
+    ) -> Result<(Option<i64>, Option<i64>)> {
+        let ids = [app_id.to_string()];
+        let table_next = self
+            .event(kind)
+            .txn_versions(&ids)
+            .await?
+            .remove(app_id)
+            .flatten();
+        let dlq_next = self
+            .dead_letters
+            .txn_versions(&ids)
+            .await?
+            .remove(app_id)
+            .flatten();
+        Ok((table_next, dlq_next))
+    }
+
     pub(crate) fn event(&mut self, kind: EventKind) -> &mut EventTable {
         self.events
             .get_mut(&kind)
             .expect("a table is opened for every bound kind")
     }
 }
+
+/// What one event table gets in a flush: rows, the offsets they advance, and the indexes
+/// of the partitions involved.
+type TableCommit = (Vec<arrow::array::RecordBatch>, Vec<TxnUpdate>, Vec<usize>);
 
 #[derive(Debug, Default)]
 pub(crate) struct FlushOutcome {
@@ -50,10 +76,7 @@ pub(crate) async fn flush(
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut letters = DeadLetterBuilder::default();
     let mut dlq_txns = Vec::new();
-    let mut per_kind: HashMap<
-        EventKind,
-        (Vec<arrow::array::RecordBatch>, Vec<TxnUpdate>, Vec<usize>),
-    > = HashMap::new();
+    let mut per_kind: HashMap<EventKind, TableCommit> = HashMap::new();
 
     for kind in EventKind::ALL {
         let members: Vec<usize> = (0..parts.len())

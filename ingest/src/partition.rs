@@ -91,3 +91,32 @@ pub(crate) struct PartitionState {
     pub(crate) pending: PendingMessages,
     pub(crate) window: DedupeWindow,
 }
+
+impl PartitionState {
+    /// A partition resuming from the offsets stored in its event table and in dead letters.
+    pub(crate) fn new(
+        topic: String,
+        partition: i32,
+        kind: EventKind,
+        app_id: String,
+        (table_next, dlq_next): (Option<i64>, Option<i64>),
+        window: DedupeWindow,
+    ) -> Self {
+        Self {
+            topic,
+            partition,
+            kind,
+            app_id,
+            table_next,
+            dlq_next,
+            position: table_next.unwrap_or(0),
+            needs_seek: false,
+            last_seek: None,
+            gaps: 0,
+            rewind: 0,
+            awaiting: false,
+            pending: PendingMessages::default(),
+            window,
+        }
+    }
+}

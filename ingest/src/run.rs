@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::consumer::{connect, is_transient, IngestConsumer, RebalanceEvent};
 use crate::dedupe::{uuid_key, DedupeWindow};
 use crate::flush::{flush, Tables};
-use crate::partition::{PartitionState, PendingMessages};
+use crate::partition::PartitionState;
 use crate::{app_id, IngestMetrics, IngestOptions, Result};
 
 /// How far before the stored offset a partition's first fetch starts; the messages below
@@ -100,9 +100,8 @@ pub async fn run(
 async fn open_tables(storage: &Storage, opts: &IngestOptions) -> Result<Tables> {
     let mut events = HashMap::new();
     for binding in &opts.topics {
-        if !events.contains_key(&binding.kind) {
-            events.insert(
-                binding.kind,
+        if let std::collections::hash_map::Entry::Vacant(slot) = events.entry(binding.kind) {
+            slot.insert(
                 EventTable::open_or_create(storage, TableSpec::for_events(binding.kind)).await?,
             );
         }
@@ -242,19 +241,7 @@ impl Loop {
                 refreshed.push(kind);
             }
             let id = app_id(&self.opts.group, topic, *partition);
-            let ids = [id.clone()];
-            let table_next = tables
-                .event(kind)
-                .txn_versions(&ids)
-                .await?
-                .remove(&id)
-                .flatten();
-            let dlq_next = tables
-                .dead_letters
-                .txn_versions(&ids)
-                .await?
-                .remove(&id)
-                .flatten();
+            let (table_next, dlq_next) = tables.stored_offsets(kind, &id).await?;
             let mut window = DedupeWindow::new(self.opts.dedupe_window);
             if let (Some(next), true) = (table_next, self.opts.dedupe_window > 0) {
                 let from = next.saturating_sub(self.opts.dedupe_window as i64);
@@ -271,27 +258,22 @@ impl Loop {
             info!(topic = %topic, partition, ?table_next, ?dlq_next, window = window.len(), "partition starts from the table's offsets");
             self.parts
                 .retain(|p| !(p.topic == *topic && p.partition == *partition));
-            self.parts.push(PartitionState {
-                topic: topic.clone(),
-                partition: *partition,
+            let mut state = PartitionState::new(
+                topic.clone(),
+                *partition,
                 kind,
-                app_id: id,
-                table_next,
-                dlq_next,
-                position: table_next.unwrap_or(0),
-                needs_seek: true,
-                last_seek: None,
-                gaps: 0,
-                // Start a little before the stored offset: see `retry_seeks`.
-                rewind: if table_next.is_some() {
-                    INITIAL_REWIND
-                } else {
-                    0
-                },
-                awaiting: false,
-                pending: PendingMessages::default(),
+                id,
+                (table_next, dlq_next),
                 window,
-            });
+            );
+            state.needs_seek = true;
+            // Start a little before the stored offset: see `retry_seeks`.
+            state.rewind = if table_next.is_some() {
+                INITIAL_REWIND
+            } else {
+                0
+            };
+            self.parts.push(state);
         }
         self.retry_seeks();
         Ok(())

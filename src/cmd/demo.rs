@@ -7,7 +7,7 @@ use clap::Args;
 use rdkafka::mocking::MockCluster;
 use strata_engine::{SqlSession, Storage};
 use strata_fixtures::{GenOptions, Generator};
-use strata_ingest::{IngestMetrics, IngestOptions, TopicBinding};
+use strata_ingest::{IngestMetrics, IngestOptions};
 use strata_schemas::EventKind;
 
 use crate::config::{shutdown_signal, StorageConfig};
@@ -56,13 +56,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let opts = IngestOptions {
         brokers: brokers.clone(),
         group,
-        topics: EventKind::ALL
-            .into_iter()
-            .map(|kind| TopicBinding {
-                topic: kind.default_topic().into(),
-                kind,
-            })
-            .collect(),
         flush_rows: 50_000,
         flush_age: Duration::from_secs(2),
         ..IngestOptions::default()

@@ -97,7 +97,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
                 &m.payload,
             )?;
             n += 1;
-            if n % progress_every == 0 {
+            if n.is_multiple_of(progress_every) {
                 eprintln!("gen: {n} messages queued");
             }
         }
