@@ -50,9 +50,15 @@ impl Tables {
     }
 }
 
-/// What one event table gets in a flush: rows, the offsets they advance, and the indexes
-/// of the partitions involved.
-type TableCommit = (Vec<arrow::array::RecordBatch>, Vec<TxnUpdate>, Vec<usize>);
+/// What one event table gets in a flush: rows, the offsets they advance, the indexes of the
+/// partitions involved, and (partition index, event id) of each row, in row order, for the
+/// retry window.
+type TableCommit = (
+    Vec<arrow::array::RecordBatch>,
+    Vec<TxnUpdate>,
+    Vec<usize>,
+    Vec<(usize, u128)>,
+);
 
 #[derive(Debug, Default)]
 pub(crate) struct FlushOutcome {
@@ -110,12 +116,16 @@ pub(crate) async fn flush(
             .ok_or_else(|| IngestError::Internal("decoded batch lacks event_id".into()))?;
         let mut seen: HashMap<usize, HashSet<u128>> = HashMap::new();
         let mut keep = Vec::with_capacity(ids.len());
+        let mut fresh_ids = Vec::with_capacity(ids.len());
         let mut dups = 0u64;
         for (row, &src) in decoded.source_index.iter().enumerate() {
             let (m, _) = origin[src];
             let id = uuid_key(ids.value(row)).unwrap_or_default();
             let fresh = !parts[m].window.contains(id) && seen.entry(m).or_default().insert(id);
             dups += u64::from(!fresh);
+            if fresh {
+                fresh_ids.push((m, id));
+            }
             keep.push(fresh);
         }
         let batch = if dups > 0 {
@@ -186,7 +196,7 @@ pub(crate) async fn flush(
                 next: parts[m].position,
             })
             .collect();
-        per_kind.insert(kind, (vec![batch], txns, members));
+        per_kind.insert(kind, (vec![batch], txns, members, fresh_ids));
     }
 
     // Dead letters first: if we crash before the event commit, the replay skips them.
@@ -223,7 +233,7 @@ pub(crate) async fn flush(
         }
     }
 
-    for (kind, (batches, txns, members)) in per_kind {
+    for (kind, (batches, txns, members, fresh_ids)) in per_kind {
         let table = tables.event(kind);
         match table.append(&batches, &txns).await {
             Ok(done) => {
@@ -244,35 +254,15 @@ pub(crate) async fn flush(
                     files = done.files,
                     "committed"
                 );
-                let ids = batches[0]
-                    .column_by_name("event_id")
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned();
-                let partitions = batches[0].column_by_name("kafka_partition").cloned();
                 for &m in &members {
                     let p = &mut parts[m];
                     p.table_next = Some(p.position);
                     out.committed
                         .push((p.topic.clone(), p.partition, p.position));
                 }
-                // Remember the committed ids for the retry window of each partition.
-                if let (Some(ids), Some(pcol)) = (ids, partitions) {
-                    let pcol = pcol
-                        .as_any()
-                        .downcast_ref::<arrow::array::Int32Array>()
-                        .expect("kafka_partition is Int32");
-                    for row in 0..ids.len() {
-                        let part = pcol.value(row);
-                        if let Some(m) = members
-                            .iter()
-                            .copied()
-                            .find(|&m| parts[m].partition == part)
-                        {
-                            if let Some(id) = uuid_key(ids.value(row)) {
-                                parts[m].window.insert(id);
-                            }
-                        }
-                    }
+                // The committed ids join the retry window of their partition.
+                for (m, id) in fresh_ids {
+                    parts[m].window.insert(id);
                 }
                 for &m in &members {
                     parts[m].pending.clear();
