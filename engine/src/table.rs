@@ -233,28 +233,47 @@ impl EventTable {
         Ok(out)
     }
 
-    /// Event ids of the rows that came from one Kafka partition at or after `from_offset`:
-    /// what the ingest retry window remembers across restarts.
-    pub async fn recent_event_ids(&self, partition: i32, from_offset: i64) -> Result<Vec<String>> {
-        if self.table.version().is_none() || self.spec.schema.index_of("event_id").is_err() {
+    /// (Kafka partition, event id) of the rows that came from each given partition at or
+    /// after its offset: what the ingest retry window remembers across restarts. One scan
+    /// for all the partitions of an assignment.
+    pub async fn recent_event_ids(&self, from: &[(i32, i64)]) -> Result<Vec<(i32, String)>> {
+        if from.is_empty()
+            || self.table.version().is_none()
+            || self.spec.schema.index_of("event_id").is_err()
+        {
             return Ok(vec![]);
         }
         let ctx = datafusion::prelude::SessionContext::new();
         self.table.update_datafusion_session(&ctx.state())?;
         ctx.register_table("t", self.table.table_provider().await?)?;
+        let predicate = from
+            .iter()
+            .map(|(p, o)| format!("(kafka_partition = {p} AND kafka_offset >= {o})"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         let df = ctx
             .sql(&format!(
-                "SELECT event_id FROM t WHERE kafka_partition = {partition} AND kafka_offset >= {from_offset}"
+                "SELECT kafka_partition, event_id FROM t WHERE {predicate}"
             ))
             .await?;
         let mut ids = Vec::new();
         for batch in df.collect().await? {
-            let col = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let parts = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int32)?;
+            let parts = parts
+                .as_any()
+                .downcast_ref::<arrow::array::Int32Array>()
+                .expect("cast to Int32");
+            let col = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8)?;
             let col = col
                 .as_any()
                 .downcast_ref::<arrow::array::StringArray>()
                 .expect("cast to Utf8");
-            ids.extend(col.iter().flatten().map(str::to_string));
+            ids.extend(
+                parts
+                    .iter()
+                    .zip(col.iter())
+                    .filter_map(|(p, id)| Some((p?, id?.to_string()))),
+            );
         }
         Ok(ids)
     }
@@ -474,12 +493,12 @@ mod tests {
             .value(0);
         assert_eq!(n, 3);
         assert_eq!(
-            a.recent_event_ids(0, 0).await.unwrap().len(),
+            a.recent_event_ids(&[(0, 0)]).await.unwrap().len(),
             1,
             "a's loaded state is the one it committed"
         );
         a.refresh().await.unwrap();
-        assert_eq!(a.recent_event_ids(0, 0).await.unwrap().len(), 3);
+        assert_eq!(a.recent_event_ids(&[(0, 0)]).await.unwrap().len(), 3);
 
         // Parquet settings: zstd, bloom filter on user_id, identifiers not in the log stats.
         let log = std::fs::read_to_string(

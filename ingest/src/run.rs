@@ -8,6 +8,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use strata_engine::{EventTable, Storage, TableSpec};
+use strata_schemas::EventKind;
 use tracing::{debug, info, warn};
 
 use crate::consumer::{connect, is_transient, IngestConsumer, RebalanceEvent};
@@ -231,49 +232,65 @@ impl Loop {
     /// (Re)starts partitions from the offsets stored in the tables.
     async fn init_partitions(&mut self, tables: &mut Tables, list: &[(String, i32)]) -> Result<()> {
         tables.dead_letters.refresh().await?;
-        let mut refreshed = Vec::new();
-        for (topic, partition) in list {
-            let Some(kind) = self.opts.kind_of(topic) else {
+        for kind in EventKind::ALL {
+            let mine: Vec<&(String, i32)> = list
+                .iter()
+                .filter(|(t, _)| self.opts.kind_of(t) == Some(kind))
+                .collect();
+            if mine.is_empty() {
                 continue;
-            };
-            if !refreshed.contains(&kind) {
-                tables.event(kind).refresh().await?;
-                refreshed.push(kind);
             }
-            let id = app_id(&self.opts.group, topic, *partition);
-            let (table_next, dlq_next) = tables.stored_offsets(kind, &id).await?;
-            let mut window = DedupeWindow::new(self.opts.dedupe_window);
-            if let (Some(next), true) = (table_next, self.opts.dedupe_window > 0) {
-                let from = next.saturating_sub(self.opts.dedupe_window as i64);
-                for id in tables
-                    .event(kind)
-                    .recent_event_ids(*partition, from)
-                    .await?
-                {
-                    if let Some(k) = uuid_key(&id) {
-                        window.insert(k);
-                    }
+            tables.event(kind).refresh().await?;
+            let ids: Vec<String> = mine
+                .iter()
+                .map(|(t, p)| app_id(&self.opts.group, t, *p))
+                .collect();
+            let stored = tables.event(kind).txn_versions(&ids).await?;
+            let dlq = tables.dead_letters.txn_versions(&ids).await?;
+            // The retry windows of all these partitions, from one scan of the table.
+            let window_size = self.opts.dedupe_window;
+            let from: Vec<(i32, i64)> = mine
+                .iter()
+                .zip(&ids)
+                .filter(|_| window_size > 0)
+                .filter_map(|((_, p), id)| {
+                    Some((*p, stored[id]?.saturating_sub(window_size as i64)))
+                })
+                .collect();
+            let mut windows: HashMap<i32, DedupeWindow> = HashMap::new();
+            for (p, event_id) in tables.event(kind).recent_event_ids(&from).await? {
+                if let Some(k) = uuid_key(&event_id) {
+                    windows
+                        .entry(p)
+                        .or_insert_with(|| DedupeWindow::new(window_size))
+                        .insert(k);
                 }
             }
-            info!(topic = %topic, partition, ?table_next, ?dlq_next, window = window.len(), "partition starts from the table's offsets");
-            self.parts
-                .retain(|p| !(p.topic == *topic && p.partition == *partition));
-            let mut state = PartitionState::new(
-                topic.clone(),
-                *partition,
-                kind,
-                id,
-                (table_next, dlq_next),
-                window,
-            );
-            state.needs_seek = true;
-            // Start a little before the stored offset: see `retry_seeks`.
-            state.rewind = if table_next.is_some() {
-                INITIAL_REWIND
-            } else {
-                0
-            };
-            self.parts.push(state);
+            for ((topic, partition), id) in mine.into_iter().zip(ids) {
+                let (table_next, dlq_next) = (stored[&id], dlq[&id]);
+                let window = windows
+                    .remove(partition)
+                    .unwrap_or_else(|| DedupeWindow::new(window_size));
+                info!(topic = %topic, partition, ?table_next, ?dlq_next, window = window.len(), "partition starts from the table's offsets");
+                self.parts
+                    .retain(|p| !(p.topic == *topic && p.partition == *partition));
+                let mut state = PartitionState::new(
+                    topic.clone(),
+                    *partition,
+                    kind,
+                    id,
+                    (table_next, dlq_next),
+                    window,
+                );
+                state.needs_seek = true;
+                // Start a little before the stored offset: see `retry_seeks`.
+                state.rewind = if table_next.is_some() {
+                    INITIAL_REWIND
+                } else {
+                    0
+                };
+                self.parts.push(state);
+            }
         }
         self.retry_seeks();
         Ok(())

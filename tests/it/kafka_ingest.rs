@@ -186,7 +186,7 @@ fn rebalance_between_two_consumers_loses_and_duplicates_nothing() {
     let dir = test_dir();
     let root = dir.path().join("data");
     let kafka = Tansu::start(dir.path());
-    let (seed, events) = (12, 60_000);
+    let (seed, events) = (12, 150_000);
     let summary = produce(&kafka.brokers, seed, events, 4);
     let storage = vec!["--storage-url".to_string(), root.display().to_string()];
 
