@@ -4,7 +4,8 @@
 # Installs (once, into a cache) what the integration tests need:
 #   - tansu, a Kafka-compatible broker written in Rust (each test starts its own broker);
 #   - a Python venv with moto[server] (S3 emulation) and deltalake + pyarrow (to check that
-#     the tables Strata writes are readable by another Delta implementation).
+#     the tables Strata writes are readable by another Delta implementation);
+#   - Debian's chromium, headless, for the dashboard's browser test.
 # It does not start any server: the tests spawn tansu and moto themselves, on free ports.
 #
 # Usage: scripts/test.sh [extra args for `cargo test --workspace`]
@@ -82,6 +83,25 @@ export STRATA_MOTO_BIN="$VENV/bin/moto_server"
 export STRATA_PYTHON="$VENV/bin/python3"
 echo "moto_server: $STRATA_MOTO_BIN"
 echo "python: $STRATA_PYTHON ($("$STRATA_PYTHON" -c 'import deltalake, pyarrow; print("deltalake", deltalake.__version__, "pyarrow", pyarrow.__version__)'))"
+
+# --- chromium (the dashboard's browser test) -----------------------------------------------
+section "installing chromium"
+if command -v chromium >/dev/null 2>&1; then
+    echo "chromium already installed"
+else
+    SUDO=""
+    if [[ "$(id -u)" -ne 0 ]]; then SUDO="sudo -n"; fi
+    echo "installing Debian's chromium with apt-get"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+STRATA_CHROMIUM_BIN="$(command -v chromium || true)"
+if [[ -z "$STRATA_CHROMIUM_BIN" ]]; then
+    echo "error: chromium is not installed and could not be installed with apt-get" >&2
+    exit 1
+fi
+export STRATA_CHROMIUM_BIN
+echo "chromium: $STRATA_CHROMIUM_BIN ($("$STRATA_CHROMIUM_BIN" --version 2>/dev/null || true))"
 
 # --- checks ------------------------------------------------------------------------------
 section "cargo fmt --check"

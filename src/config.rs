@@ -142,3 +142,70 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("signal received");
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiConfig {
+    /// Address the API and dashboard listen on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "STRATA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// API token NAME:SCOPE[+SCOPE...]:SHA256_HEX (repeatable; make one with `strata token new`).
+    /// Scopes: panels, sql, gdpr, admin.
+    #[arg(long = "token", env = "STRATA_TOKENS", value_delimiter = ',')]
+    pub tokens: Vec<String>,
+    /// Requests per second each token may make on average (bursts of 4x are allowed).
+    #[arg(long, env = "STRATA_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+    /// Time limit of one query or panel, in seconds.
+    #[arg(long, env = "STRATA_QUERY_TIMEOUT_SECS", default_value_t = 30)]
+    pub query_timeout_secs: u64,
+    /// Memory one query may use, in MiB; past it the query fails with 422.
+    #[arg(long, env = "STRATA_QUERY_MEMORY_MB", default_value_t = 1024)]
+    pub query_memory_mb: usize,
+    /// Rows one SQL response may hold; the result is cut there.
+    #[arg(long, env = "STRATA_ROW_CAP", default_value_t = 1_000_000)]
+    pub row_cap: usize,
+    /// How old (ms) the view of the tables may be before a request looks for new commits.
+    #[arg(long, env = "STRATA_REFRESH_MS", default_value_t = 500)]
+    pub refresh_ms: u64,
+    /// Memory for cached panel and SQL results, in MiB.
+    #[arg(long, env = "STRATA_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: usize,
+    /// Seconds between scheduled rollup runs (0: never).
+    #[arg(long, env = "STRATA_ROLLUP_INTERVAL_SECS", default_value_t = 60)]
+    pub rollup_interval_secs: u64,
+}
+
+impl ApiConfig {
+    pub fn limits(&self) -> strata_query_api::ApiLimits {
+        strata_query_api::ApiLimits {
+            timeout: Duration::from_secs(self.query_timeout_secs.max(1)),
+            row_cap: self.row_cap.max(1),
+            max_age: Duration::from_millis(self.refresh_ms),
+            query: strata_engine::QueryLimits {
+                memory_bytes: Some(self.query_memory_mb.max(1) << 20),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn auth(
+        &self,
+        extra: Vec<strata_query_api::TokenEntry>,
+    ) -> anyhow::Result<strata_query_api::Auth> {
+        let mut tokens = self
+            .tokens
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| {
+                t.parse()
+                    .map_err(|e: String| anyhow::anyhow!("--token: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<strata_query_api::TokenEntry>>>()?;
+        tokens.extend(extra);
+        Ok(strata_query_api::Auth::new(
+            tokens,
+            self.rate_limit,
+            self.rate_limit * 4.0,
+        ))
+    }
+}

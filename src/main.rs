@@ -3,6 +3,7 @@
 mod cmd;
 mod config;
 mod kafka;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -25,8 +26,15 @@ enum Command {
     Gen(cmd::gen::GenArgs),
     /// Consume the event topics into Delta tables, exactly once.
     Ingest(cmd::ingest::IngestArgs),
-    /// Run one SQL statement over the tables of a storage root.
+    /// Run SQL over the tables of a storage root: one statement, or an interactive session.
     Sql(cmd::sql::SqlArgs),
+    /// Serve the HTTP API (panels, SQL, health, metrics) and the dashboard; runs the rollups on a schedule.
+    Serve(cmd::serve::ServeArgs),
+    /// Bring the rollup tables up to date (only the changed days), or rebuild them.
+    Rollup(cmd::rollup::RollupArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -44,6 +52,9 @@ fn main() -> anyhow::Result<()> {
             Command::Gen(a) => cmd::gen::run(a).await,
             Command::Ingest(a) => cmd::ingest::run(a).await,
             Command::Sql(a) => cmd::sql::run(a).await,
+            Command::Serve(a) => cmd::serve::run(a).await,
+            Command::Rollup(a) => cmd::rollup::run(a).await,
+            Command::Token(c) => cmd::token::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
         }
     });

@@ -1,26 +1,55 @@
-//! Tables, storage and the SQL session: everything that reads or writes Delta tables.
+//! Tables, storage, the SQL session, rollups, panels and the result cache: everything that
+//! reads or writes Delta tables.
 //!
 //! ```text
 //! ingest --(batches + txn offsets)--> [ engine: Storage -> EventTable.append ] --> <root>/tables/<name>
-//! strata sql / query-api ----------> [ engine: SqlSession (DataFusion over Delta) ]
+//!                                     [ engine: RollupBuilder ] -- changed days --> rollup tables
+//! strata sql / query-api -----------> [ engine: Catalog -> Snapshot -> read-only DataFusion ]
+//!                                     [ engine: Panels (named SQL) + ResultCache by version ]
 //! ```
 //!
 //! The storage root is a URL (`./data` by default, or `s3://`, `gs://`, `az://`); every table
 //! lives at `<root>/tables/<name>` as a Delta Lake table.
 
+mod cache;
+mod catalog;
 mod error;
 mod format;
+mod jobs;
+mod panel;
+mod readonly;
+mod rollup;
 mod session;
+pub mod sketch;
 mod storage;
 mod table;
 mod writer;
 
+pub use cache::{CachedResult, ResultCache};
+pub use catalog::{Catalog, QueryLimits, Snapshot, TableEntry};
 pub use error::{EngineError, Result};
 pub use format::{write_batches, OutputFormat};
-pub use session::SqlSession;
+pub use jobs::{JobRun, JobRuns, JOB_RUNS_TABLE};
+pub use panel::{Panel, PanelParams, PanelResult, Panels, ParamKind, ParamSpec};
+pub use readonly::{check_statement, plan_read_only, tables_read};
+pub use rollup::{changed_dates, RollupBuilder, RollupReport, RollupSpec, ROLLUPS};
+pub use session::{PlannedQuery, SqlSession};
 pub use storage::{Storage, StorageOptions};
 pub use table::{AppendOutcome, EventTable, TableSpec, TxnUpdate};
 pub use writer::writer_properties;
 
 /// Re-exported so that callers name one Delta version.
 pub use deltalake;
+
+/// Creates every table Strata serves (event tables, dead letters, job runs, rollups) that does
+/// not exist yet, empty, so that panels and SQL find them from the first request.
+pub async fn ensure_tables(storage: &Storage) -> Result<()> {
+    use strata_schemas::EventKind;
+    for kind in EventKind::ALL {
+        EventTable::open_or_create(storage, TableSpec::for_events(kind)).await?;
+    }
+    EventTable::open_or_create(storage, TableSpec::dead_letters()).await?;
+    JobRuns::open(storage).await?;
+    let catalog = Catalog::open(storage).await?;
+    rollup::ensure_rollup_tables(&catalog).await
+}

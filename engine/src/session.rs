@@ -1,73 +1,82 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use datafusion::prelude::{SessionConfig, SessionContext};
-use deltalake::DeltaTableBuilder;
-use tracing::debug;
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::{EngineError, Result, Storage};
+use crate::catalog::{QueryLimits, Snapshot};
+use crate::readonly::plan_read_only;
+use crate::{Catalog, EngineError, Result, Storage};
 
-/// A DataFusion session over every Delta table under a storage root, each registered by
-/// its name.
+/// One read-only statement planned on one snapshot of the catalog.
+pub struct PlannedQuery {
+    pub snapshot: Arc<Snapshot>,
+    pub ctx: SessionContext,
+    pub df: DataFrame,
+    /// `table@version` of every table it reads: the cache key's and the ETag's part.
+    pub versions: Vec<String>,
+}
+
+impl PlannedQuery {
+    pub async fn plan(
+        catalog: &Catalog,
+        sql: &str,
+        limits: &QueryLimits,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<Self> {
+        let ctx = snapshot.context(catalog.runtime(), limits)?;
+        let known = snapshot.tables.keys().cloned().collect();
+        let (df, read) = plan_read_only(&ctx, sql, &known).await?;
+        let versions = snapshot.versions_of(read.iter().map(String::as_str));
+        Ok(Self {
+            snapshot,
+            ctx,
+            df,
+            versions,
+        })
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(self.df.schema().as_arrow().clone())
+    }
+}
+
+/// The analyst's session of `strata sql`: every table under the root, read-only.
 pub struct SqlSession {
-    ctx: SessionContext,
-    storage: Storage,
-    tables: Vec<String>,
+    catalog: Arc<Catalog>,
 }
 
 impl SqlSession {
     pub async fn open(storage: &Storage) -> Result<Self> {
-        let config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_default_catalog_and_schema("strata", "public");
-        let ctx = SessionContext::new_with_config(config);
-        let mut session = Self {
-            ctx,
-            storage: storage.clone(),
-            tables: vec![],
-        };
-        session.refresh().await?;
-        Ok(session)
+        Ok(Self {
+            catalog: Catalog::open(storage).await?,
+        })
     }
 
-    /// Registers (again) every table found under the root at its latest version.
-    pub async fn refresh(&mut self) -> Result<()> {
-        let names = self.storage.list_tables().await?;
-        for name in &names {
-            let table = DeltaTableBuilder::from_url(self.storage.table_url(name))?
-                .with_storage_options(self.storage.options().clone())
-                .load()
-                .await?;
-            table.update_datafusion_session(&self.ctx.state())?;
-            let provider = table.table_provider().await?;
-            self.ctx.deregister_table(name.as_str())?;
-            self.ctx.register_table(name.as_str(), provider)?;
-            debug!(table = %name, version = ?table.version(), "registered");
-        }
-        self.tables = names;
-        Ok(())
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
-    pub fn tables(&self) -> &[String] {
-        &self.tables
+    pub fn tables(&self) -> Vec<String> {
+        self.catalog.snapshot().tables.keys().cloned().collect()
     }
 
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
+    /// Picks up commits made since the last statement.
+    pub async fn refresh(&self) -> Result<()> {
+        self.catalog.refresh().await.map(|_| ())
     }
 
-    /// Plans and runs one statement, collecting the result.
-    pub async fn query(
-        &self,
-        sql: &str,
-    ) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>)> {
-        let df = self
-            .ctx
-            .sql(sql)
-            .await
-            .map_err(|e| EngineError::Sql(e.to_string()))?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
+    /// Plans and runs one read-only statement, collecting the result.
+    pub async fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let q = PlannedQuery::plan(
+            &self.catalog,
+            sql,
+            &QueryLimits::default(),
+            self.catalog.snapshot(),
+        )
+        .await?;
+        let schema = q.schema();
+        let batches = q.df.collect().await.map_err(EngineError::from_execution)?;
         Ok((schema, batches))
     }
 }

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use rdkafka::mocking::MockCluster;
-use strata_engine::{SqlSession, Storage};
+use strata_engine::{RollupBuilder, SqlSession, Storage};
 use strata_fixtures::{GenOptions, Generator};
 use strata_ingest::{IngestMetrics, IngestOptions};
+use strata_query_api::{new_token, Scope};
 use strata_schemas::EventKind;
 
-use crate::config::{shutdown_signal, StorageConfig};
+use crate::cmd::serve::Server;
+use crate::config::{shutdown_signal, ApiConfig, StorageConfig};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -24,6 +26,12 @@ pub struct DemoArgs {
     pub duration_secs: Option<u64>,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Address of the API and dashboard (port 0 picks a free one).
+    #[arg(long, env = "STRATA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Seconds between rollup runs.
+    #[arg(long, default_value_t = 5)]
+    pub rollup_interval_secs: u64,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -34,6 +42,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         cluster.create_topic(kind.default_topic(), 4, 1)?;
     }
     let brokers = cluster.bootstrap_servers();
+
+    // The API and dashboard, with a fresh token for this run.
+    let (token, line) = new_token("demo", &[Scope::Panels, Scope::Sql]);
+    let api = ApiConfig {
+        listen: args.listen.clone(),
+        tokens: vec![line],
+        rate_limit: 50.0,
+        query_timeout_secs: 30,
+        query_memory_mb: 1024,
+        row_cap: 1_000_000,
+        refresh_ms: 500,
+        cache_mb: 128,
+        rollup_interval_secs: args.rollup_interval_secs,
+    };
+    let server = Server::start(&storage, &api, api.auth(vec![])?).await?;
+    let addr = server.addr;
     eprintln!(
         "strata demo: embedded Kafka at {brokers}, storage root {}",
         storage.root()
@@ -42,6 +66,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "strata demo: producing ~{} events/s; Ctrl-C stops and commits what is buffered",
         args.rate
     );
+    eprintln!("strata demo: dashboard at http://{addr}/#token={token}");
+    eprintln!("strata demo: API token (scopes panels, sql): {token}");
+    eprintln!("strata demo: try  curl -H 'Authorization: Bearer {token}' 'http://{addr}/v1/panels/overview'");
+
+    // One stop signal for the producer, the ingest and the server.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let deadline = args.duration_secs.map(Duration::from_secs);
+    tokio::spawn(async move {
+        match deadline {
+            Some(d) => {
+                tokio::select! { _ = shutdown_signal() => {}, _ = tokio::time::sleep(d) => {} }
+            }
+            None => shutdown_signal().await,
+        }
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
@@ -49,6 +92,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (stop.clone(), brokers.clone(), args.rate.max(1), args.seed);
         std::thread::spawn(move || produce_live(&brokers, rate, seed, &stop))
     };
+    let catalog = server.catalog.clone();
+    let serving = tokio::spawn(server.run(stopped(stop_rx.clone())));
 
     // A fresh group per run: the embedded broker starts empty each time, while the tables
     // (and their stored offsets) persist, so offsets of an old run must not apply.
@@ -62,34 +107,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let registry = prometheus::Registry::new();
     let metrics = IngestMetrics::new(&registry)?;
-    let deadline = args.duration_secs.map(Duration::from_secs);
-    let shutdown = async move {
-        match deadline {
-            Some(d) => {
-                tokio::select! { _ = shutdown_signal() => {}, _ = tokio::time::sleep(d) => {} }
-            }
-            None => shutdown_signal().await,
-        }
-    };
     let reporter = {
         let storage = storage.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
                 if let Ok(line) = counts(&storage).await {
                     eprintln!("strata demo [{:>4}s]: {line}", started.elapsed().as_secs());
                 }
             }
         })
     };
-    let report = strata_ingest::run(opts, storage.clone(), metrics, shutdown).await;
+    let report = strata_ingest::run(opts, storage.clone(), metrics, stopped(stop_rx.clone())).await;
     stop.store(true, Ordering::Relaxed);
     reporter.abort();
     let produced = producer
         .join()
         .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     let report = report?;
+    // The last commits into the rollups too, so a second run starts from current panels.
+    RollupBuilder::new(catalog).run().await?;
+    serving.await??;
     eprintln!(
         "strata demo: produced {produced}, ingest {}",
         serde_json::to_string(&report)?

@@ -33,8 +33,12 @@ pub struct GenArgs {
     #[arg(long, conflicts_with = "kafka")]
     pub out: Option<PathBuf>,
     /// Produce to Kafka at these brokers instead (topic per event type).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "storage_url")]
     pub kafka: Option<String>,
+    /// Or write straight into the tables of this storage root, through the ingest's
+    /// decode -> Parquet -> Delta commit path without a broker (benchmarks, test data).
+    #[arg(long, conflicts_with = "out")]
+    pub storage_url: Option<String>,
     /// Create the topics first (with --partitions partitions).
     #[arg(long)]
     pub create_topics: bool,
@@ -71,8 +75,36 @@ impl GenArgs {
 
 pub async fn run(args: GenArgs) -> anyhow::Result<()> {
     let mut generator = Generator::new(args.options());
-    let progress_every = (args.events / 10).max(1);
-    if let Some(brokers) = &args.kafka {
+    let mut progress = crate::progress::Progress::new("gen", args.events);
+    if let Some(url) = &args.storage_url {
+        let storage = strata_engine::Storage::open(&strata_engine::StorageOptions {
+            url: url.clone(),
+            ..Default::default()
+        })
+        .await?;
+        let registry = prometheus::Registry::new();
+        let metrics = strata_ingest::IngestMetrics::new(&registry)?;
+        const CHUNK: usize = 500_000;
+        loop {
+            let chunk: Vec<_> = generator.by_ref().take(CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let direct: Vec<strata_ingest::DirectMessage> = chunk
+                .iter()
+                .map(|m| {
+                    (
+                        EventKind::from(m.kind),
+                        m.key.as_deref().map(str::as_bytes),
+                        m.payload.as_bytes(),
+                    )
+                })
+                .collect();
+            strata_ingest::ingest_direct(&storage, "gen", &direct, CHUNK, &metrics).await?;
+            progress.inc(chunk.iter().filter(|m| !m.malformed && !m.retry).count() as u64);
+        }
+        progress.done(&format!("written to {}", storage.root()));
+    } else if let Some(brokers) = &args.kafka {
         let kafka = KafkaConfig {
             brokers: brokers.clone(),
             click_topic: args.topics.click_topic.clone(),
@@ -88,7 +120,6 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             .await?;
         }
         let (producer, counts) = crate::kafka::producer(brokers)?;
-        let mut n = 0u64;
         for m in generator.by_ref() {
             crate::kafka::send(
                 &producer,
@@ -96,9 +127,8 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
                 m.key.as_deref(),
                 &m.payload,
             )?;
-            n += 1;
-            if n.is_multiple_of(progress_every) {
-                eprintln!("gen: {n} messages queued");
+            if !m.malformed && !m.retry {
+                progress.inc(1);
             }
         }
         let delivered = crate::kafka::finish(&producer, &counts)?;
@@ -114,6 +144,9 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
         for m in generator.by_ref() {
             serde_json::to_writer(&mut w, &m)?;
             w.write_all(b"\n")?;
+            if !m.malformed && !m.retry {
+                progress.inc(1);
+            }
         }
         w.flush()?;
         eprintln!("gen: wrote {}", path.display());

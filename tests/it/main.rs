@@ -1,7 +1,11 @@
 //! End-to-end tests of the `strata` binary against real parts: the tansu Kafka broker,
 //! moto's S3 server, the Python `deltalake` reader. `scripts/test.sh` installs them.
 
+mod server;
 mod support;
+
+mod api;
+mod demo;
 
 mod bad_config;
 mod cli;

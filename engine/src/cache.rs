@@ -1,0 +1,135 @@
+//! Results of panels and SQL statements, keyed by the statement and the versions of the tables
+//! it read. A commit (ingest, rollup, purge) changes a version, so the next request misses and
+//! nothing stale is served; old entries age out of the byte budget, oldest first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+
+#[derive(Debug)]
+pub struct CachedResult {
+    pub schema: SchemaRef,
+    pub batches: Arc<Vec<RecordBatch>>,
+    bytes: usize,
+}
+
+impl CachedResult {
+    pub fn new(schema: SchemaRef, batches: Arc<Vec<RecordBatch>>) -> Self {
+        let bytes = batches
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum::<usize>()
+            + 256;
+        Self {
+            schema,
+            batches,
+            bytes,
+        }
+    }
+}
+
+/// A byte-bounded map from keys to results.
+pub struct ResultCache {
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<String, Arc<CachedResult>>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl ResultCache {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            inner: Mutex::new(Inner::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<CachedResult>> {
+        let hit = self.inner.lock().map.get(key).cloned();
+        match hit {
+            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+            None => self.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        hit
+    }
+
+    pub fn insert(&self, key: String, value: CachedResult) {
+        if value.bytes > self.max_bytes / 4 {
+            return; // one huge result must not flush everything else
+        }
+        let mut inner = self.inner.lock();
+        inner.bytes += value.bytes;
+        if let Some(old) = inner.map.insert(key.clone(), Arc::new(value)) {
+            inner.bytes -= old.bytes;
+            inner.order.retain(|k| k != &key);
+        }
+        inner.order.push_back(key);
+        while inner.bytes > self.max_bytes {
+            let Some(k) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = inner.map.remove(&k) {
+                inner.bytes -= old.bytes;
+            }
+        }
+    }
+
+    /// Drops everything (a purge does this, on top of the version change, so that no result
+    /// holding a purged subject stays in memory).
+    pub fn clear(&self) {
+        let mut inner = self.inner.lock();
+        *inner = Inner::default();
+    }
+
+    pub fn stats(&self) -> (u64, u64, usize) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.inner.lock().bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn result(n: usize) -> CachedResult {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..n as i64))],
+        )
+        .unwrap();
+        CachedResult::new(schema, Arc::new(vec![batch]))
+    }
+
+    #[test]
+    fn evicts_oldest_within_budget() {
+        let one = result(1000).bytes;
+        let cache = ResultCache::new(one * 5);
+        for i in 0..10 {
+            cache.insert(format!("k{i}"), result(1000));
+        }
+        assert!(cache.get("k0").is_none());
+        assert!(cache.get("k9").is_some());
+        assert!(cache.stats().2 <= one * 5);
+        cache.clear();
+        assert!(cache.get("k9").is_none());
+    }
+}

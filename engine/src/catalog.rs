@@ -1,0 +1,274 @@
+//! The tables of a storage root as DataFusion sees them: found and refreshed as they change,
+//! without a restart, and handed out as immutable snapshots.
+//!
+//! ```text
+//! <root>/tables/*  --refresh (incremental log replay)-->  Catalog  --snapshot()-->  Snapshot
+//!                                                                     |  versions (cache keys, ETags)
+//!                                                                     +-> context(limits) per query
+//! ```
+//!
+//! A query runs on one [`Snapshot`]: every table at one version, so a result and the versions
+//! it is labelled with always agree.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use tracing::{debug, warn};
+
+use crate::{sketch, Result, Storage};
+
+/// Limits of one query's execution.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Memory the query may reserve; past it the query fails with a clear error. None: unbounded.
+    pub memory_bytes: Option<usize>,
+    pub target_partitions: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: None,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// One table at one version.
+#[derive(Clone)]
+pub struct TableEntry {
+    pub version: u64,
+    /// When that version was committed (the commit file's modification time).
+    pub committed_at_ms: Option<i64>,
+    pub provider: Arc<dyn TableProvider>,
+}
+
+/// Every table of the root, each at one version.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    pub tables: BTreeMap<String, TableEntry>,
+}
+
+impl Snapshot {
+    pub fn version(&self, table: &str) -> Option<u64> {
+        self.tables.get(table).map(|t| t.version)
+    }
+
+    /// `name@version` for each of `names` (unknown tables as `name@-`), sorted: the part of a
+    /// cache key or ETag that a commit changes.
+    pub fn versions_of<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut out: Vec<String> = names
+            .into_iter()
+            .map(|n| match self.version(n) {
+                Some(v) => format!("{n}@{v}"),
+                None => format!("{n}@-"),
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A fresh session over this snapshot, with the sketch functions and the `strata_tables`
+    /// view (name, version, last commit) registered. SQL options (read-only) are the caller's.
+    pub fn context(&self, base: &RuntimeEnv, limits: &QueryLimits) -> Result<SessionContext> {
+        let pool: Arc<dyn MemoryPool> = match limits.memory_bytes {
+            Some(b) => Arc::new(GreedyMemoryPool::new(b)),
+            None => Arc::new(UnboundedMemoryPool::default()),
+        };
+        // No spill files: a query over HTTP must not touch the local filesystem.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(base.object_store_registry.clone())
+            .with_memory_pool(pool)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("strata", "public")
+            .with_target_partitions(limits.target_partitions.max(1));
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        sketch::register(&ctx);
+        for (name, t) in &self.tables {
+            ctx.register_table(name.as_str(), t.provider.clone())?;
+        }
+        ctx.register_table("strata_tables", Arc::new(self.tables_view()?))?;
+        Ok(ctx)
+    }
+
+    fn tables_view(&self) -> Result<MemTable> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("table_name", DataType::Utf8, false),
+            Field::new("version", DataType::Int64, false),
+            Field::new(
+                "last_commit_at",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+        ]));
+        let names: StringArray = self.tables.keys().map(|k| Some(k.as_str())).collect();
+        let versions: Int64Array = self
+            .tables
+            .values()
+            .map(|t| Some(t.version as i64))
+            .collect();
+        let commits: TimestampMillisecondArray = self
+            .tables
+            .values()
+            .map(|t| t.committed_at_ms)
+            .collect::<TimestampMillisecondArray>()
+            .with_timezone("UTC");
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(names), Arc::new(versions), Arc::new(commits)],
+        )?;
+        Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+    }
+}
+
+/// The live set of tables under a root.
+pub struct Catalog {
+    storage: Storage,
+    runtime: Arc<RuntimeEnv>,
+    loaded: tokio::sync::Mutex<Loaded>,
+    current: parking_lot::RwLock<Arc<Snapshot>>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    tables: BTreeMap<String, DeltaTable>,
+    refreshed: Option<Instant>,
+}
+
+impl Catalog {
+    pub async fn open(storage: &Storage) -> Result<Arc<Self>> {
+        let catalog = Arc::new(Self {
+            storage: storage.clone(),
+            runtime: Arc::new(RuntimeEnv::default()),
+            loaded: tokio::sync::Mutex::new(Loaded::default()),
+            current: parking_lot::RwLock::new(Arc::new(Snapshot::default())),
+        });
+        catalog.refresh().await?;
+        Ok(catalog)
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn runtime(&self) -> &RuntimeEnv {
+        &self.runtime
+    }
+
+    /// The snapshot of the last refresh.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().clone()
+    }
+
+    /// The current snapshot, refreshed first when the last refresh is older than `max_age`.
+    /// Concurrent callers share one refresh.
+    pub async fn fresh_snapshot(&self, max_age: Duration) -> Result<Arc<Snapshot>> {
+        {
+            let loaded = self.loaded.lock().await;
+            if loaded.refreshed.is_some_and(|t| t.elapsed() <= max_age) {
+                return Ok(self.snapshot());
+            }
+        }
+        self.refresh().await
+    }
+
+    /// Finds new tables and brings every table to its latest version.
+    pub async fn refresh(&self) -> Result<Arc<Snapshot>> {
+        let mut loaded = self.loaded.lock().await;
+        let started = Instant::now();
+        let names = self.storage.list_tables().await?;
+        let old = self.snapshot();
+        let mut next = Snapshot::default();
+        for name in names {
+            let table = match loaded.tables.get_mut(&name) {
+                Some(t) => {
+                    if let Err(e) = t.update_state().await {
+                        // Keep serving the version we have; the next refresh tries again.
+                        warn!(table = %name, error = %e, "refreshing table failed");
+                    }
+                    t
+                }
+                None => {
+                    let t = DeltaTableBuilder::from_url(self.storage.table_url(&name))?
+                        .with_storage_options(self.storage.options().clone())
+                        .load()
+                        .await?;
+                    loaded.tables.entry(name.clone()).or_insert(t)
+                }
+            };
+            let Some(version) = table.version() else {
+                continue;
+            };
+            let entry = match old.tables.get(&name) {
+                Some(e) if e.version == version => e.clone(),
+                _ => {
+                    let ctx = SessionContext::new_with_config_rt(
+                        SessionConfig::new(),
+                        self.runtime.clone(),
+                    );
+                    table.update_datafusion_session(&ctx.state())?;
+                    let committed_at_ms = self.commit_time(&name, version).await;
+                    debug!(table = %name, version, "table version loaded");
+                    TableEntry {
+                        version,
+                        committed_at_ms,
+                        provider: table.table_provider().await?,
+                    }
+                }
+            };
+            next.tables.insert(name, entry);
+        }
+        let next = Arc::new(next);
+        *self.current.write() = next.clone();
+        loaded.refreshed = Some(Instant::now());
+        debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "catalog refreshed"
+        );
+        Ok(next)
+    }
+
+    async fn commit_time(&self, table: &str, version: u64) -> Option<i64> {
+        let path = Path::from(format!("tables/{table}/_delta_log/{version:020}.json"));
+        self.storage
+            .store()
+            .head(&path)
+            .await
+            .ok()
+            .map(|m| m.last_modified.timestamp_millis())
+    }
+
+    /// A session over the current snapshot without limits (CLI and jobs).
+    pub fn context(&self) -> Result<(Arc<Snapshot>, SessionContext)> {
+        let snap = self.snapshot();
+        let ctx = snap.context(&self.runtime, &QueryLimits::default())?;
+        Ok((snap, ctx))
+    }
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("root", &self.storage.root().as_str())
+            .field("tables", &self.snapshot().tables.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}

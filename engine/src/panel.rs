@@ -1,0 +1,505 @@
+//! Dashboard panels: named SQL (engine/sql/panels/*.sql) with typed parameters, answered from
+//! the rollups and cached by the versions of the tables they read.
+//!
+//! ```text
+//! GET /v1/panels/top_items?from=..&limit=5 -> PanelParams (validated) -> SQL with literals
+//!     -> cache key (panel, params, table versions) -> hit: cached batches | miss: DataFusion
+//! ```
+//!
+//! Each file opens with a header: `-- title:`, `-- description:`, `-- params:` (the parameters
+//! it takes), `-- reads:` (the tables whose versions key its cache; `*` for all) and optionally
+//! `-- cache: no`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use chrono::{Days, NaiveDate, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cache::{CachedResult, ResultCache};
+use crate::catalog::{QueryLimits, Snapshot};
+use crate::{Catalog, EngineError, Result};
+
+const FILES: &[(&str, &str)] = &[
+    ("overview", include_str!("../sql/panels/overview.sql")),
+    (
+        "clicks_by_day",
+        include_str!("../sql/panels/clicks_by_day.sql"),
+    ),
+    (
+        "per_category",
+        include_str!("../sql/panels/per_category.sql"),
+    ),
+    ("top_items", include_str!("../sql/panels/top_items.sql")),
+    (
+        "traffic_sources",
+        include_str!("../sql/panels/traffic_sources.sql"),
+    ),
+    (
+        "marketplace_directory",
+        include_str!("../sql/panels/marketplace_directory.sql"),
+    ),
+    (
+        "source_share",
+        include_str!("../sql/panels/source_share.sql"),
+    ),
+    ("ai_usage", include_str!("../sql/panels/ai_usage.sql")),
+    (
+        "ai_spend_by_day",
+        include_str!("../sql/panels/ai_spend_by_day.sql"),
+    ),
+    (
+        "job_health_tables",
+        include_str!("../sql/panels/job_health_tables.sql"),
+    ),
+    (
+        "dead_letters_daily",
+        include_str!("../sql/panels/dead_letters_daily.sql"),
+    ),
+    ("rollup_runs", include_str!("../sql/panels/rollup_runs.sql")),
+];
+
+/// The longest period a panel may cover.
+pub const MAX_DAYS: u64 = 400;
+pub const DEFAULT_DAYS: u64 = 30;
+pub const MAX_LIMIT: i64 = 1000;
+pub const DEFAULT_LIMIT: i64 = 10;
+
+/// A parameter a panel can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    Date,
+    Text,
+    Integer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    #[serde(rename = "type")]
+    pub kind: ParamKind,
+    pub required: bool,
+    pub default: Option<String>,
+    pub description: &'static str,
+}
+
+fn param_spec(name: &str) -> Option<ParamSpec> {
+    let (name, kind, default, description) = match name {
+        "from" => (
+            "from",
+            ParamKind::Date,
+            Some(format!("`to` minus {} days", DEFAULT_DAYS - 1)),
+            "first day (YYYY-MM-DD, UTC), inclusive",
+        ),
+        "to" => (
+            "to",
+            ParamKind::Date,
+            Some("today (UTC)".into()),
+            "last day (YYYY-MM-DD, UTC), inclusive",
+        ),
+        "category" => ("category", ParamKind::Text, None, "only this category"),
+        "item_type" => (
+            "item_type",
+            ParamKind::Text,
+            None,
+            "only this item type (marketplace_listing, directory_site, ...)",
+        ),
+        "source" => (
+            "source",
+            ParamKind::Text,
+            None,
+            "only this traffic source (homepage, search, ...)",
+        ),
+        "feature" => ("feature", ParamKind::Text, None, "only this AI feature"),
+        "model" => ("model", ParamKind::Text, None, "only this AI model"),
+        "limit" => (
+            "limit",
+            ParamKind::Integer,
+            Some(DEFAULT_LIMIT.to_string()),
+            "rows to return (1-1000)",
+        ),
+        _ => return None,
+    };
+    Some(ParamSpec {
+        name,
+        kind,
+        required: false,
+        default,
+        description,
+    })
+}
+
+/// One panel, parsed from its SQL file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Panel {
+    pub name: &'static str,
+    pub title: String,
+    pub description: String,
+    pub params: Vec<ParamSpec>,
+    /// Tables whose versions key the cache (empty with `all_tables`).
+    pub reads: Vec<String>,
+    #[serde(skip)]
+    pub all_tables: bool,
+    pub cacheable: bool,
+    #[serde(skip)]
+    pub sql: &'static str,
+}
+
+impl Panel {
+    fn parse(name: &'static str, sql: &'static str) -> Result<Self> {
+        let mut panel = Panel {
+            name,
+            title: name.to_string(),
+            description: String::new(),
+            params: vec![],
+            reads: vec![],
+            all_tables: false,
+            cacheable: true,
+            sql,
+        };
+        for line in sql.lines().map_while(|l| l.strip_prefix("--")) {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let list = || {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            };
+            match key.trim() {
+                "title" => panel.title = value.into(),
+                "description" => panel.description = value.into(),
+                "params" => {
+                    panel.params = list()
+                        .iter()
+                        .map(|p| {
+                            param_spec(p).ok_or_else(|| {
+                                EngineError::Internal(format!(
+                                    "panel {name}: unknown parameter {p}"
+                                ))
+                            })
+                        })
+                        .collect::<Result<_>>()?
+                }
+                "reads" if value == "*" => panel.all_tables = true,
+                "reads" => panel.reads = list(),
+                "cache" => panel.cacheable = value != "no",
+                _ => {}
+            }
+        }
+        Ok(panel)
+    }
+
+    fn takes(&self, param: &str) -> bool {
+        self.params.iter().any(|p| p.name == param)
+    }
+
+    /// The statement with the parameters in place, as SQL literals of their validated types.
+    pub fn render(&self, p: &PanelParams) -> String {
+        let text = |v: &Option<String>| match v {
+            Some(s) => format!("'{}'", s.replace('\'', "''")),
+            None => "CAST(NULL AS VARCHAR)".into(),
+        };
+        let days = (p.to - p.from).num_days() as u64 + 1;
+        let prev_from = p.from.checked_sub_days(Days::new(days)).unwrap_or(p.from);
+        self.sql
+            .replace("{from}", &format!("DATE '{}'", p.from))
+            .replace("{to}", &format!("DATE '{}'", p.to))
+            .replace("{prev_from}", &format!("DATE '{prev_from}'"))
+            .replace("{category}", &text(&p.category))
+            .replace("{item_type}", &text(&p.item_type))
+            .replace("{source}", &text(&p.source))
+            .replace("{feature}", &text(&p.feature))
+            .replace("{model}", &text(&p.model))
+            .replace("{limit}", &p.limit.to_string())
+    }
+}
+
+/// Validated panel parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct PanelParams {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub category: Option<String>,
+    pub item_type: Option<String>,
+    pub source: Option<String>,
+    pub feature: Option<String>,
+    pub model: Option<String>,
+    pub limit: i64,
+}
+
+impl PanelParams {
+    /// Parses query-string pairs for `panel`; every mistake is a [`EngineError::Param`] that
+    /// names the parameter and what it takes.
+    pub fn parse(panel: &Panel, pairs: &[(String, String)], today: NaiveDate) -> Result<Self> {
+        let mut seen = BTreeMap::new();
+        for (k, v) in pairs {
+            if !panel.takes(k) {
+                let names: Vec<&str> = panel.params.iter().map(|p| p.name).collect();
+                return Err(EngineError::Param(format!(
+                    "panel `{}` takes no parameter `{k}`; it takes: {}",
+                    panel.name,
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+            if seen.insert(k.as_str(), v.as_str()).is_some() {
+                return Err(EngineError::Param(format!(
+                    "parameter `{k}` is given twice"
+                )));
+            }
+        }
+        let date = |k: &str| -> Result<Option<NaiveDate>> {
+            seen.get(k)
+                .map(|v| {
+                    NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| {
+                        EngineError::Param(format!("`{k}` must be a date YYYY-MM-DD, got `{v}`"))
+                    })
+                })
+                .transpose()
+        };
+        let to = date("to")?.unwrap_or(today);
+        let from = date("from")?.unwrap_or_else(|| {
+            to.checked_sub_days(Days::new(DEFAULT_DAYS - 1))
+                .unwrap_or(to)
+        });
+        if from > to {
+            return Err(EngineError::Param(format!(
+                "`from` ({from}) is after `to` ({to})"
+            )));
+        }
+        if (to - from).num_days() as u64 >= MAX_DAYS {
+            return Err(EngineError::Param(format!(
+                "the period is longer than {MAX_DAYS} days; narrow `from`..`to`"
+            )));
+        }
+        let text = |k: &str| -> Result<Option<String>> {
+            match seen.get(k) {
+                None => Ok(None),
+                Some(v) if v.is_empty() => Ok(None),
+                Some(v) if v.len() > 200 || v.chars().any(char::is_control) => Err(
+                    EngineError::Param(format!("`{k}` must be at most 200 printable characters")),
+                ),
+                Some(v) => Ok(Some(v.to_string())),
+            }
+        };
+        let limit = match seen.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    return Err(EngineError::Param(format!(
+                        "`limit` must be an integer from 1 to {MAX_LIMIT}, got `{v}`"
+                    )))
+                }
+            },
+        };
+        Ok(Self {
+            from,
+            to,
+            category: text("category")?,
+            item_type: text("item_type")?,
+            source: text("source")?,
+            feature: text("feature")?,
+            model: text("model")?,
+            limit,
+        })
+    }
+}
+
+/// A panel's answer.
+#[derive(Debug, Clone)]
+pub struct PanelResult {
+    pub panel: &'static str,
+    pub schema: SchemaRef,
+    pub batches: Arc<Vec<RecordBatch>>,
+    /// `table@version` of every table the answer was computed from.
+    pub versions: Vec<String>,
+    pub cached: bool,
+    pub elapsed: Duration,
+    /// Strong validator: panel, parameters and table versions.
+    pub etag: String,
+}
+
+/// Every panel, and the cache they share with SQL over HTTP.
+pub struct Panels {
+    panels: BTreeMap<&'static str, Panel>,
+    cache: Arc<ResultCache>,
+}
+
+impl Panels {
+    pub fn new(cache: Arc<ResultCache>) -> Result<Self> {
+        let panels = FILES
+            .iter()
+            .map(|(name, sql)| Ok((*name, Panel::parse(name, sql)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self { panels, cache })
+    }
+
+    pub fn list(&self) -> impl Iterator<Item = &Panel> {
+        self.panels.values()
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Panel> {
+        self.panels.get(name).ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "no panel `{name}`; panels are {}",
+                self.panels.keys().copied().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    pub fn parse_params(&self, name: &str, pairs: &[(String, String)]) -> Result<PanelParams> {
+        PanelParams::parse(self.get(name)?, pairs, Utc::now().date_naive())
+    }
+
+    /// The versions and ETag a panel answer would carry on `snapshot`, without running it:
+    /// enough to answer `If-None-Match`.
+    pub fn etag(
+        &self,
+        name: &str,
+        params: &PanelParams,
+        snapshot: &Snapshot,
+    ) -> Result<(Vec<String>, String)> {
+        let panel = self.get(name)?;
+        let versions = versions(panel, snapshot);
+        let mut h = Sha256::new();
+        h.update(panel.name.as_bytes());
+        h.update(panel.render(params).as_bytes());
+        for v in &versions {
+            h.update(v.as_bytes());
+        }
+        if !panel.cacheable {
+            // Time-dependent answers are never the same twice.
+            h.update(Utc::now().timestamp_millis().to_le_bytes());
+        }
+        Ok((
+            versions,
+            format!("\"{}\"", &hex::encode(h.finalize())[..32]),
+        ))
+    }
+
+    /// Answers a panel on the catalog's snapshot (refreshed when older than `max_age`).
+    pub async fn run(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        params: &PanelParams,
+        limits: &QueryLimits,
+        max_age: Duration,
+    ) -> Result<PanelResult> {
+        let started = Instant::now();
+        let panel = self.get(name)?;
+        let snapshot = catalog.fresh_snapshot(max_age).await?;
+        let (versions, etag) = self.etag(name, params, &snapshot)?;
+        let sql = panel.render(params);
+        let key = format!("panel\n{sql}\n{}", versions.join(","));
+        if panel.cacheable {
+            if let Some(hit) = self.cache.get(&key) {
+                return Ok(PanelResult {
+                    panel: panel.name,
+                    schema: hit.schema.clone(),
+                    batches: hit.batches.clone(),
+                    versions,
+                    cached: true,
+                    elapsed: started.elapsed(),
+                    etag,
+                });
+            }
+        }
+        let ctx = snapshot.context(catalog.runtime(), limits)?;
+        let df = ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| EngineError::Internal(format!("panel {name} does not plan: {e}")))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = Arc::new(df.collect().await.map_err(EngineError::from_execution)?);
+        if panel.cacheable {
+            self.cache
+                .insert(key, CachedResult::new(schema.clone(), batches.clone()));
+        }
+        Ok(PanelResult {
+            panel: panel.name,
+            schema,
+            batches,
+            versions,
+            cached: false,
+            elapsed: started.elapsed(),
+            etag,
+        })
+    }
+}
+
+fn versions(panel: &Panel, snapshot: &Snapshot) -> Vec<String> {
+    if panel.all_tables {
+        let names: BTreeSet<&str> = snapshot.tables.keys().map(String::as_str).collect();
+        snapshot.versions_of(names)
+    } else {
+        snapshot.versions_of(panel.reads.iter().map(String::as_str))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
+        s.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_panel_file_parses() {
+        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        assert_eq!(panels.list().count(), FILES.len());
+        for p in panels.list() {
+            assert!(
+                !p.title.is_empty() && !p.description.is_empty(),
+                "{}",
+                p.name
+            );
+            assert!(
+                p.all_tables || !p.reads.is_empty(),
+                "{} reads nothing",
+                p.name
+            );
+        }
+    }
+
+    #[test]
+    fn params_are_validated_with_messages_that_say_what_to_fix() {
+        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let top = panels.get("top_items").unwrap();
+        let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let p = PanelParams::parse(top, &[], today).unwrap();
+        assert_eq!(p.to, today);
+        assert_eq!((p.to - p.from).num_days(), 29);
+        assert_eq!(p.limit, DEFAULT_LIMIT);
+        for (bad, needle) in [
+            (vec![("from", "yesterday")], "YYYY-MM-DD"),
+            (vec![("from", "2026-11-02"), ("to", "2026-11-01")], "after"),
+            (vec![("limit", "0")], "1 to 1000"),
+            (vec![("source", "x")], "takes no parameter `source`"),
+            (vec![("from", "2020-01-01")], "longer than"),
+        ] {
+            let e = PanelParams::parse(top, &pairs(&bad), today).unwrap_err();
+            assert!(matches!(e, EngineError::Param(_)), "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        let quoted = PanelParams::parse(top, &pairs(&[("category", "it's")]), today).unwrap();
+        assert!(top.render(&quoted).contains("'it''s'"));
+    }
+}

@@ -1,0 +1,11 @@
+//! Every route path, in one place.
+
+pub const DASHBOARD: &str = "/";
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+pub const METRICS: &str = "/metrics";
+pub const OPENAPI: &str = "/v1/openapi.json";
+pub const SQL: &str = "/v1/sql";
+pub const QUERY: &str = "/v1/queries/{id}";
+pub const PANELS: &str = "/v1/panels";
+pub const PANEL: &str = "/v1/panels/{name}";
