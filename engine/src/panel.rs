@@ -288,7 +288,7 @@ impl PanelParams {
         let text = |k: &str| -> Result<Option<String>> {
             match seen.get(k) {
                 None => Ok(None),
-                Some(v) if v.is_empty() => Ok(None),
+                Some(&"") => Ok(None),
                 Some(v) if v.len() > 200 || v.chars().any(char::is_control) => Err(
                     EngineError::Param(format!("`{k}` must be at most 200 printable characters")),
                 ),

@@ -139,7 +139,7 @@ impl Hll {
                 sparse: BTreeMap::new(),
                 dense: Some(regs.to_vec().into_boxed_slice()),
             }),
-            Some((1, pairs)) if pairs.len() % 3 == 0 => {
+            Some((1, pairs)) if pairs.len().is_multiple_of(3) => {
                 let mut h = Self::default();
                 for c in pairs.chunks_exact(3) {
                     h.set(u16::from_le_bytes([c[0], c[1]]) & (M as u16 - 1), c[2]);
@@ -228,7 +228,7 @@ impl LatencySketch {
     }
 
     pub fn from_bytes(b: &[u8]) -> DfResult<Self> {
-        if b.len() % 10 != 0 {
+        if !b.len().is_multiple_of(10) {
             return Err(DataFusionError::Execution(
                 "not a Strata latency sketch (bad length)".into(),
             ));

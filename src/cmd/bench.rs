@@ -14,6 +14,8 @@ use strata_schemas::EventKind;
 pub enum BenchCommand {
     /// Ingest throughput: decode -> Parquet -> Delta commit, and end to end from a broker.
     Ingest(BenchIngestArgs),
+    /// Panel latency (cold and cached) and rollup throughput on generated events.
+    Query(crate::cmd::bench_query::BenchQueryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +70,7 @@ struct Results {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a).await,
+        BenchCommand::Query(a) => crate::cmd::bench_query::run(a).await,
     }
 }
 

@@ -57,6 +57,18 @@ pub struct TopicArgs {
 }
 
 impl GenArgs {
+    /// `strata gen --events N --storage-url URL` with every other flag at its default.
+    pub fn for_storage(url: &str, events: u64) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            gen: GenArgs,
+        }
+        let events = events.to_string();
+        Wrap::parse_from(["gen", "--events", &events, "--storage-url", url]).gen
+    }
+
     pub fn options(&self) -> GenOptions {
         let mut o = GenOptions {
             seed: self.seed,

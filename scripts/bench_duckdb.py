@@ -1,0 +1,72 @@
+"""DuckDB on the same Parquet files as Strata's rollups, for `strata bench query --duckdb-python`.
+
+Usage: python bench_duckdb.py ROOT  -> prints {"click_stats_daily": seconds, ...}
+
+Reads the live files of each Delta table from its log (adds minus removes), materialises the
+same three rollups (exact distinct counts; no sketches, which DuckDB does not have in the same
+form) into memory, and reports the wall time of each.
+"""
+import json
+import os
+import sys
+import time
+
+import duckdb
+
+
+def live_files(root, table):
+    log = os.path.join(root, "tables", table, "_delta_log")
+    files = {}
+    for name in sorted(os.listdir(log)):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(log, name)) as f:
+            for line in f:
+                a = json.loads(line)
+                if "add" in a:
+                    files[a["add"]["path"]] = True
+                elif "remove" in a:
+                    files.pop(a["remove"]["path"], None)
+    return [os.path.join(root, "tables", table, p) for p in files]
+
+
+def main():
+    root = sys.argv[1]
+    con = duckdb.connect()
+    con.execute(f"SET threads = {os.cpu_count()}")
+    clicks = live_files(root, "link_clicks")
+    ai = live_files(root, "ai_usage")
+    con.execute("CREATE VIEW link_clicks AS SELECT * FROM read_parquet(?, hive_partitioning = true)", [clicks])
+    con.execute("CREATE VIEW ai_usage AS SELECT * FROM read_parquet(?, hive_partitioning = true)", [ai])
+    queries = {
+        "click_stats_daily": """
+            CREATE OR REPLACE TEMP TABLE r1 AS
+            SELECT event_date, coalesce(category, '(none)') AS category, item_type, source,
+                   count(*) AS clicks, count(*) FILTER (WHERE NOT coalesce(is_bot, false)) AS human_clicks,
+                   count(DISTINCT coalesce(user_id, 'anon:' || anonymous_id)) AS unique_users,
+                   count(DISTINCT session_id) AS unique_sessions
+            FROM link_clicks GROUP BY ALL""",
+        "click_stats_daily_items": """
+            CREATE OR REPLACE TEMP TABLE r2 AS
+            SELECT event_date, item_id, item_type, coalesce(category, '(none)') AS category,
+                   count(*) AS clicks, count(*) FILTER (WHERE NOT coalesce(is_bot, false)) AS human_clicks,
+                   count(DISTINCT coalesce(user_id, 'anon:' || anonymous_id)) AS unique_users
+            FROM link_clicks GROUP BY ALL""",
+        "ai_usage_daily": """
+            CREATE OR REPLACE TEMP TABLE r3 AS
+            SELECT event_date, feature, provider, model, count(*) AS calls,
+                   count(*) FILTER (WHERE status <> 'ok') AS errors,
+                   sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+                   sum(cost_usd) AS cost_usd, quantile_cont(latency_ms, 0.95) AS p95_latency_ms
+            FROM ai_usage GROUP BY ALL""",
+    }
+    out = {}
+    for name, sql in queries.items():
+        started = time.perf_counter()
+        con.execute(sql)
+        out[name] = time.perf_counter() - started
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
