@@ -32,6 +32,9 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Bring the rollup tables up to date (only the changed days), or rebuild them.
     Rollup(cmd::rollup::RollupArgs),
+    /// GDPR/CCPA: export or purge one data subject.
+    #[command(subcommand)]
+    Gdpr(cmd::gdpr::GdprCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(a) => cmd::serve::run(a).await,
             Command::Rollup(a) => cmd::rollup::run(a).await,
             Command::Token(c) => cmd::token::run(c),
+            Command::Gdpr(c) => cmd::gdpr::run(c).await,
             Command::Bench(c) => cmd::bench::run(c).await,
         }
     });

@@ -15,6 +15,7 @@ mod cache;
 mod catalog;
 mod error;
 mod format;
+pub mod gdpr;
 mod jobs;
 mod panel;
 mod readonly;

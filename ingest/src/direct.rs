@@ -32,6 +32,7 @@ pub async fn ingest_direct(
     let mut tables = Tables {
         events,
         dead_letters,
+        tombstones: crate::tombstone::TombstoneFilter::new(storage),
     };
     let mut parts = Vec::new();
     for kind in EventKind::ALL {
@@ -73,5 +74,6 @@ fn add(report: &mut IngestReport, out: crate::flush::FlushOutcome) {
     report.rows_committed += out.rows;
     report.rejected += out.rejected;
     report.duplicates += out.duplicates;
+    report.tombstoned += out.tombstoned;
     report.fenced += out.fenced.len() as u64;
 }

@@ -18,6 +18,7 @@ use crate::{IngestError, IngestMetrics, Result};
 pub(crate) struct Tables {
     pub(crate) events: HashMap<EventKind, EventTable>,
     pub(crate) dead_letters: EventTable,
+    pub(crate) tombstones: crate::tombstone::TombstoneFilter,
 }
 
 impl Tables {
@@ -65,6 +66,8 @@ pub(crate) struct FlushOutcome {
     pub(crate) rows: u64,
     pub(crate) rejected: u64,
     pub(crate) duplicates: u64,
+    /// Events of purged subjects that occurred before the purge (dropped, counted).
+    pub(crate) tombstoned: u64,
     /// Partitions another consumer has advanced: their pending messages were dropped and
     /// they must be re-initialised from the table.
     pub(crate) fenced: Vec<(String, i32)>,
@@ -83,6 +86,7 @@ pub(crate) async fn flush(
     let mut letters = DeadLetterBuilder::default();
     let mut dlq_txns = Vec::new();
     let mut per_kind: HashMap<EventKind, TableCommit> = HashMap::new();
+    tables.tombstones.refresh().await;
 
     for kind in EventKind::ALL {
         let members: Vec<usize> = (0..parts.len())
@@ -138,6 +142,14 @@ pub(crate) async fn flush(
             .with_label_values(&[kind.table()])
             .inc_by(dups);
         out.duplicates += dups;
+        let (batch, tombstoned) = tables.tombstones.apply(batch)?;
+        if tombstoned > 0 {
+            metrics
+                .tombstoned
+                .with_label_values(&[kind.table()])
+                .inc_by(tombstoned);
+            out.tombstoned += tombstoned;
+        }
 
         let mut rejected_here = 0u64;
         let mut dlq_parts: HashSet<usize> = HashSet::new();

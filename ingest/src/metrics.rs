@@ -17,6 +17,7 @@ pub struct IngestMetrics {
     pub rejected: IntCounterVec,
     /// Producer retries dropped, by table.
     pub duplicates: IntCounterVec,
+    pub tombstoned: IntCounterVec,
     /// Rows and files committed, by table.
     pub flushed_rows: IntCounterVec,
     pub flushed_files: IntCounterVec,
@@ -44,6 +45,11 @@ impl IngestMetrics {
             &["table"],
         )?;
         let duplicates = counter_vec("duplicates_total", "Producer retries dropped.", &["table"])?;
+        let tombstoned = counter_vec(
+            "tombstoned_total",
+            "Events of purged subjects dropped (they occurred before the purge request).",
+            &["table"],
+        )?;
         let flushed_rows = counter_vec("flushed_rows_total", "Rows committed.", &["table"])?;
         let flushed_files = counter_vec(
             "flushed_files_total",
@@ -85,6 +91,7 @@ impl IngestMetrics {
             events_in,
             rejected,
             duplicates,
+            tombstoned,
             flushed_rows,
             flushed_files,
             flush_seconds,

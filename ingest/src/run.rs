@@ -32,6 +32,8 @@ pub struct IngestReport {
     pub rows_committed: u64,
     pub rejected: u64,
     pub duplicates: u64,
+    /// Events of purged subjects dropped (they occurred before the purge request).
+    pub tombstoned: u64,
     pub flushes: u64,
     pub fenced: u64,
 }
@@ -111,6 +113,7 @@ async fn open_tables(storage: &Storage, opts: &IngestOptions) -> Result<Tables> 
     Ok(Tables {
         events,
         dead_letters,
+        tombstones: crate::tombstone::TombstoneFilter::new(storage),
     })
 }
 
@@ -196,6 +199,7 @@ impl Loop {
         self.report.flushes += 1;
         self.report.rows_committed += out.rows;
         self.report.rejected += out.rejected;
+        self.report.tombstoned += out.tombstoned;
         self.report.duplicates += out.duplicates;
         if !out.committed.is_empty() {
             let mut tpl = TopicPartitionList::new();

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_query;
 pub mod demo;
+pub mod gdpr;
 pub mod gen;
 pub mod ingest;
 pub mod rollup;

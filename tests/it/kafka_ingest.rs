@@ -126,11 +126,38 @@ fn survives_sigkill_twice_and_counts_exactly_once() {
         "the kills happened mid-stream ({n} rows)"
     );
 
-    let p = spawn(
-        &mut ingest(&kafka.brokers, &root, "crash", 12_000),
-        "ingest",
-        &dir.path().join("ingest-final.log"),
-    );
+    // tansu keeps SIGKILLed members in the group; when it picks a dead one as the group's
+    // leader, nobody hands out the assignment and the newcomer gets none. A real broker
+    // expires them after session.timeout.ms. Restart the newcomer until it is assigned work
+    // (its log says which partitions it took).
+    let mut attempt = 0;
+    let p = loop {
+        let log = dir.path().join(format!("ingest-final-{attempt}.log"));
+        let p = spawn(
+            &mut ingest(&kafka.brokers, &root, "crash", 12_000),
+            "ingest",
+            &log,
+        );
+        let mut assigned = false;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("partition starts from the table's offsets") {
+                assigned = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if assigned {
+            break p;
+        }
+        attempt += 1;
+        assert!(
+            attempt < 5,
+            "the restarted ingest was never assigned a partition"
+        );
+        p.stop();
+    };
     wait_complete(&storage, &summary);
     let (status, out) = p.stop();
     assert!(status.success(), "ingest exits 0 on SIGTERM");

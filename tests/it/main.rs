@@ -6,6 +6,7 @@ mod support;
 
 mod api;
 mod demo;
+mod gdpr;
 
 mod bad_config;
 mod cli;

@@ -1,0 +1,115 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::table::{EventTable, TableSpec};
+use crate::{Catalog, Result, Storage};
+
+pub const TOMBSTONES_TABLE: &str = "gdpr_tombstones";
+
+/// Keyed hashes of purged subjects and when the purge was asked for. Ingest drops events of
+/// such a subject that occurred before that time and arrive after it.
+#[derive(Debug, Clone, Default)]
+pub struct Tombstones {
+    /// subject hash -> requested_at (µs since the epoch); the latest request wins.
+    pub by_hash: HashMap<String, i64>,
+    pub version: Option<u64>,
+}
+
+impl Tombstones {
+    pub fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("subject_hash", DataType::Utf8, false),
+            Field::new(
+                "requested_at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("request_id", DataType::Utf8, false),
+            Field::new("request_date", DataType::Date32, false),
+        ]))
+    }
+
+    fn spec() -> TableSpec {
+        TableSpec {
+            name: TOMBSTONES_TABLE,
+            schema: Self::schema(),
+            partition_column: "request_date",
+            sort_column: "requested_at",
+            stats_columns: &["requested_at"],
+            bloom_columns: &[],
+            high_cardinality: &["subject_hash", "request_id"],
+        }
+    }
+
+    pub async fn add(
+        storage: &Storage,
+        hashes: &[String],
+        requested_at_us: i64,
+        request_id: &str,
+    ) -> Result<()> {
+        let mut table = EventTable::open_or_create(storage, Self::spec()).await?;
+        let n = hashes.len();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(hashes)),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![requested_at_us; n]).with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(vec![request_id; n])),
+            Arc::new(Date32Array::from(vec![
+                (requested_at_us.div_euclid(86_400_000_000))
+                    as i32;
+                n
+            ])),
+        ];
+        table
+            .append(&[RecordBatch::try_new(Self::schema(), cols)?], &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Every tombstone of the root (an empty set when there is none yet).
+    pub async fn load(storage: &Storage) -> Result<Self> {
+        if !storage
+            .list_tables()
+            .await?
+            .iter()
+            .any(|t| t == TOMBSTONES_TABLE)
+        {
+            return Ok(Self::default());
+        }
+        let catalog = Catalog::open(storage).await?;
+        let (snap, ctx) = catalog.context()?;
+        let batches = ctx
+            .sql(&format!(
+                "SELECT subject_hash, CAST(requested_at AS BIGINT) FROM {TOMBSTONES_TABLE}"
+            ))
+            .await?
+            .collect()
+            .await?;
+        let mut by_hash = HashMap::new();
+        for b in batches {
+            let h = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+            let h = h.as_any().downcast_ref::<StringArray>().expect("Utf8");
+            let t = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .expect("BIGINT");
+            for i in 0..b.num_rows() {
+                if h.is_valid(i) && t.is_valid(i) {
+                    let e = by_hash.entry(h.value(i).to_string()).or_insert(i64::MIN);
+                    *e = (*e).max(t.value(i));
+                }
+            }
+        }
+        Ok(Self {
+            by_hash,
+            version: snap.version(TOMBSTONES_TABLE),
+        })
+    }
+}

@@ -1,0 +1,113 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use futures::TryStreamExt;
+use strata_engine::gdpr::{ExportBuilder, PurgeBuilder, Subject};
+use strata_engine::Storage;
+
+use crate::config::StorageConfig;
+
+#[derive(Subcommand, Debug)]
+pub enum GdprCommand {
+    /// Export every row about a data subject (JSON lines + Parquet + manifest with checksums).
+    Export(ExportArgs),
+    /// Erase a data subject everywhere by rewriting the files that hold them; prints the receipt.
+    Purge(PurgeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SubjectArgs {
+    /// The subject's user id.
+    #[arg(long)]
+    pub subject: String,
+    /// An anonymous id the request names as the subject's (repeatable).
+    #[arg(long = "anonymous-id")]
+    pub anonymous_ids: Vec<String>,
+    /// A session id the request names as the subject's (repeatable).
+    #[arg(long = "session-id")]
+    pub session_ids: Vec<String>,
+    /// Who asked (kept in the audit log).
+    #[arg(long, default_value = "cli")]
+    pub requested_by: String,
+}
+
+impl SubjectArgs {
+    fn subject(&self) -> anyhow::Result<Subject> {
+        anyhow::ensure!(
+            !self.subject.trim().is_empty(),
+            "--subject must not be empty"
+        );
+        Ok(Subject {
+            user_id: self.subject.clone(),
+            anonymous_ids: self.anonymous_ids.clone(),
+            session_ids: self.session_ids.clone(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub who: SubjectArgs,
+    /// Also copy the export to this local directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+}
+
+#[derive(Args, Debug)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub who: SubjectArgs,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+}
+
+pub async fn run(cmd: GdprCommand) -> anyhow::Result<()> {
+    match cmd {
+        GdprCommand::Export(a) => {
+            let storage = Storage::open(&a.storage.options()?).await?;
+            let progress = crate::progress::Progress::new("gdpr export", 0);
+            let manifest = ExportBuilder::new(&storage, a.who.subject()?)
+                .requested_by(&a.who.requested_by)
+                .await?;
+            if let Some(out) = &a.out {
+                std::fs::create_dir_all(out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+                let dir =
+                    object_store::path::Path::from(format!("exports/{}", manifest.request_id));
+                let files: Vec<_> = storage.store().list(Some(&dir)).try_collect().await?;
+                for f in files {
+                    let name = f.location.filename().unwrap_or("file").to_string();
+                    let bytes =
+                        object_store::ObjectStoreExt::get(storage.store().as_ref(), &f.location)
+                            .await?
+                            .bytes()
+                            .await?;
+                    std::fs::write(out.join(&name), &bytes)?;
+                }
+            }
+            progress.done(&format!("{} files", manifest.files.len()));
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        GdprCommand::Purge(a) => {
+            let storage = Storage::open(&a.storage.options()?).await?;
+            let progress = crate::progress::Progress::new("gdpr purge", 0);
+            let receipt = PurgeBuilder::new(&storage, a.who.subject()?)
+                .requested_by(&a.who.requested_by)
+                .await?;
+            progress.done(&format!(
+                "{} rows removed, verified: {}",
+                receipt.rows_removed, receipt.verified
+            ));
+            println!("{}", serde_json::to_string_pretty(&receipt)?);
+            anyhow::ensure!(
+                receipt.verified,
+                "the verification scan found rows of the subject left"
+            );
+        }
+    }
+    Ok(())
+}
