@@ -16,6 +16,8 @@ pub enum BenchCommand {
     Ingest(BenchIngestArgs),
     /// Panel latency (cold and cached) and rollup throughput on generated events.
     Query(crate::cmd::bench_query::BenchQueryArgs),
+    /// Time to purge one median subject, and the files and bytes rewritten.
+    Purge(crate::cmd::bench_purge::BenchPurgeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +73,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Query(a) => crate::cmd::bench_query::run(a).await,
+        BenchCommand::Purge(a) => crate::cmd::bench_purge::run(a).await,
     }
 }
 

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_purge;
 pub mod bench_query;
 pub mod demo;
 pub mod gdpr;
