@@ -36,8 +36,11 @@ def main():
     con.execute(f"SET threads = {os.cpu_count()}")
     clicks = live_files(root, "link_clicks")
     ai = live_files(root, "ai_usage")
-    con.execute("CREATE VIEW link_clicks AS SELECT * FROM read_parquet(?, hive_partitioning = true)", [clicks])
-    con.execute("CREATE VIEW ai_usage AS SELECT * FROM read_parquet(?, hive_partitioning = true)", [ai])
+    def files(paths):
+        return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+    con.execute(f"CREATE VIEW link_clicks AS SELECT * FROM read_parquet({files(clicks)}, hive_partitioning = true)")
+    con.execute(f"CREATE VIEW ai_usage AS SELECT * FROM read_parquet({files(ai)}, hive_partitioning = true)")
     queries = {
         "click_stats_daily": """
             CREATE OR REPLACE TEMP TABLE r1 AS

@@ -124,7 +124,7 @@ fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> 
 pub fn init_tracing() {
     let filter = std::env::var("STRATA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,strata=info,strata_ingest=info,strata_engine=info,deltalake_core=off,delta_kernel=off".into());
+        .unwrap_or_else(|_| "warn,strata=info,strata_ingest=info,strata_engine=info,deltalake_core=off,deltalake=off,delta_kernel=off,buoyant_kernel=off".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -45,7 +45,6 @@ pub const ROLLUPS: &[RollupSpec] = &[
         source: "link_clicks",
         sql: include_str!("../sql/rollups/click_stats_daily.sql"),
         stats_columns: &[
-            "event_date",
             "category",
             "item_type",
             "source",
@@ -72,13 +71,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         source: "ai_usage",
         sql: include_str!("../sql/rollups/ai_usage_daily.sql"),
         stats_columns: &[
-            "event_date",
-            "feature",
-            "provider",
-            "model",
-            "calls",
-            "errors",
-            "cost_usd",
+            "feature", "provider", "model", "calls", "errors", "cost_usd",
         ],
     },
 ];

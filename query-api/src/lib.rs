@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! client --HTTP--> [ query-api: auth (bearer, scopes, rate limit) -> route ] --> engine: Catalog / Panels / ResultCache
-//!                   /v1/sql (streamed formats)   /v1/panels (JSON, ETag)   /metrics /healthz /readyz   / (dashboard)
+//!                   /v1/sql (streamed formats)   /v1/panels (JSON, ETag)   /v1/gdpr (durable requests)
+//!                   /metrics /healthz /readyz /v1/openapi.json   / (dashboard)
 //! ```
 
 pub mod auth;
 mod encode;
 mod error;
+pub mod gdpr;
 mod metrics;
 mod openapi;
 mod panels;
@@ -67,6 +69,8 @@ pub struct AppState {
     pub metrics: Arc<ApiMetrics>,
     pub registry: prometheus::Registry,
     running: Arc<sql::Running>,
+    /// GDPR requests run one at a time.
+    gdpr_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -87,6 +91,7 @@ impl AppState {
             metrics: Arc::new(metrics),
             registry,
             running: Arc::default(),
+            gdpr_lock: Arc::default(),
         })
     }
 }
@@ -110,6 +115,10 @@ pub fn router(state: AppState) -> Router {
         .route(routes::QUERY, delete(sql::delete_query))
         .route(routes::PANELS, get(panels::list))
         .route(routes::PANEL, get(panels::get))
+        .route(routes::GDPR_EXPORTS, axum::routing::post(gdpr::post_export))
+        .route(routes::GDPR_PURGES, axum::routing::post(gdpr::post_purge))
+        .route(routes::GDPR_REQUEST, get(gdpr::get_request))
+        .route(routes::GDPR_EXPORT_FILE, get(gdpr::get_export_file))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

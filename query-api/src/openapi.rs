@@ -35,7 +35,11 @@ pub fn document(panels: &[&str]) -> Value {
                   "description": "Panels, SQL over HTTP, health and metrics. Bearer tokens with scopes panels, sql, gdpr, admin." },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": { "Error": { "type": "object", "required": ["error", "code"],
+            "schemas": { "Subject": { "type": "object", "required": ["subject"], "properties": {
+                    "subject": { "type": "string", "description": "the user id" },
+                    "anonymous_ids": { "type": "array", "items": { "type": "string" } },
+                    "session_ids": { "type": "array", "items": { "type": "string" } } } },
+                "Error": { "type": "object", "required": ["error", "code"],
                 "properties": { "error": { "type": "string" }, "code": { "type": "string" } } } }
         },
         "security": [{ "bearer": [] }],
@@ -54,6 +58,18 @@ pub fn document(panels: &[&str]) -> Value {
             "/v1/queries/{id}": { "delete": { "summary": "Cancel a running query (scope sql)",
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "204": { "description": "cancelled" }, "404": { "description": "no such running query" } } } },
+            "/v1/gdpr/exports": { "post": { "summary": "Export everything about a data subject (scope gdpr); 202 with a request id",
+                "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Subject" } } } },
+                "responses": { "202": { "description": "{request_id, status, status_url}; Location header" }, "400": { "description": "bad body" } } } },
+            "/v1/gdpr/purges": { "post": { "summary": "Erase a data subject everywhere (scope gdpr); 202 with a request id",
+                "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Subject" } } } },
+                "responses": { "202": { "description": "{request_id, status, status_url}; Location header" }, "400": { "description": "bad body" } } } },
+            "/v1/gdpr/requests/{id}": { "get": { "summary": "Status and receipt of a GDPR request (scope gdpr)",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "{id, kind, status (accepted|running|done|failed), requested_by, requested_at, finished_at, subject_hash, receipt, error}" }, "404": { "description": "no such request" } } } },
+            "/v1/gdpr/exports/{id}/files/{name}": { "get": { "summary": "Download a file of a finished export (scope gdpr)",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "the file" }, "404": { "description": "no such export or file" } } } },
             "/v1/panels": { "get": { "summary": "Panels and their parameter schemas (scope panels)", "responses": { "200": { "description": "{panels: [...]}" } } } },
             "/v1/panels/{name}": { "get": { "summary": "One panel (scope panels)",
                 "parameters": [

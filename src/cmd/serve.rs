@@ -70,6 +70,11 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         info!(addr = %self.addr, "serving");
+        match strata_query_api::gdpr::resume(&self.state).await {
+            Ok(0) => {}
+            Ok(n) => info!(requests = n, "resuming unfinished GDPR requests"),
+            Err(e) => warn!(error = ?e, "could not look for unfinished GDPR requests"),
+        }
         let scheduler = self.rollup_every.map(|every| {
             let catalog = self.catalog.clone();
             tokio::spawn(async move {

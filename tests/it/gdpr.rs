@@ -286,3 +286,171 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
     let log = std::fs::read_to_string(dir.path().join("ingest.log")).unwrap();
     assert!(!log.contains(&subject), "the ingest log names the subject");
 }
+
+async fn wait_done(c: &reqwest::Client, server: &TestServer, token: &str, id: &str) -> Value {
+    for _ in 0..1200 {
+        let r = c
+            .get(server.url(&format!("/v1/gdpr/requests/{id}")))
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        let (s, v) = json(r).await;
+        assert_eq!(s, 200, "{v}");
+        match v["status"].as_str().unwrap() {
+            "done" => return v,
+            "failed" => panic!("request failed: {v}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("request {id} did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gdpr_over_http_is_durable_across_a_crash_mid_purge() {
+    let dir = test_dir();
+    let root = dir.path().join("root");
+    seed_root(&root, 5_000);
+    let storage = vec![
+        "--storage-url".to_string(),
+        root.to_str().unwrap().to_string(),
+    ];
+    let subject = sql(
+        &storage,
+        "SELECT c.user_id AS u FROM link_clicks c JOIN (SELECT DISTINCT user_id FROM ai_usage) a ON c.user_id = a.user_id GROUP BY c.user_id HAVING count(*) BETWEEN 2 AND 8 ORDER BY u LIMIT 1",
+    )[0]["u"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let of = |t: &str| {
+        count(
+            &storage,
+            &format!("SELECT count(*) AS n FROM {t} WHERE user_id = '{subject}'"),
+        )
+    };
+    let total = |t: &str| count(&storage, &format!("SELECT count(*) AS n FROM {t}"));
+    let (clicks_of, ai_of) = (of("link_clicks"), of("ai_usage"));
+    let (clicks_before, ai_before) = (total("link_clicks"), total("ai_usage"));
+    let t = tokens();
+    let c = client();
+    let body = serde_json::json!({ "subject": subject }).to_string();
+
+    // The purge stops right after its first commit (link_clicks), before deleting the files it
+    // removed; the server is then killed.
+    let server = TestServer::start_env(
+        &root,
+        &t,
+        &[],
+        &[("STRATA_TEST_PAUSE_AT", "commit:link_clicks")],
+    );
+    // Export first, and download a file of it.
+    let r = c
+        .post(server.url("/v1/gdpr/exports"))
+        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let (s, accepted) = json(r).await;
+    assert_eq!(s, 202, "{accepted}");
+    let export_id = accepted["request_id"].as_str().unwrap().to_string();
+    let done = wait_done(&c, &server, &t.admin, &export_id).await;
+    assert!(
+        !done.to_string().contains(&subject),
+        "the request names the subject: {done}"
+    );
+    let file = c
+        .get(server.url(&format!(
+            "/v1/gdpr/exports/{export_id}/files/link_clicks.jsonl"
+        )))
+        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.text().await.unwrap().lines().count() as u64, clicks_of);
+    // Scope: a panels token may not purge; a bad body says what to send.
+    let r = c
+        .post(server.url("/v1/gdpr/purges"))
+        .header(AUTHORIZATION, format!("Bearer {}", t.panels))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(server.url("/v1/gdpr/purges"))
+        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = json(r).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("bad_body")));
+
+    let r = c
+        .post(server.url("/v1/gdpr/purges"))
+        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let (s, accepted) = json(r).await;
+    assert_eq!(s, 202);
+    let purge_id = accepted["request_id"].as_str().unwrap().to_string();
+    wait_for(
+        "the purge to reach its pause point",
+        Duration::from_secs(60),
+        || {
+            server
+                .logs()
+                .contains("purge paused by STRATA_TEST_PAUSE_AT")
+        },
+    );
+    server.kill9();
+    // Mid-purge: link_clicks is already without the subject (one atomic commit), ai_usage not yet.
+    assert_eq!(of("link_clicks"), 0);
+    assert_eq!(of("ai_usage"), ai_of);
+
+    // A restarted server resumes the request and finishes it.
+    let server = TestServer::start(&root, &t, &[]);
+    let done = wait_done(&c, &server, &t.admin, &purge_id).await;
+    assert_eq!(done["receipt"]["verified"], true, "{done}");
+    assert!(
+        !done.to_string().contains(&subject),
+        "the request names the subject: {done}"
+    );
+    assert_eq!(total("link_clicks"), clicks_before - clicks_of);
+    assert_eq!(total("ai_usage"), ai_before - ai_of);
+    let vacuumed: u64 = done["receipt"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| int(t, "files_vacuumed"))
+        .sum();
+    assert!(
+        vacuumed > 0,
+        "the files removed before the crash were not deleted: {done}"
+    );
+    let scan = std::process::Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gdpr_scan.py"))
+        .arg(&root)
+        .arg(&subject)
+        .output()
+        .unwrap();
+    let scan: Value = serde_json::from_slice(&scan.stdout).unwrap();
+    assert_eq!(scan["hits"], serde_json::json!([]), "{scan}");
+    // Asking again is harmless.
+    let r = c
+        .post(server.url("/v1/gdpr/purges"))
+        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (_, again) = json(r).await;
+    let again = wait_done(&c, &server, &t.admin, again["request_id"].as_str().unwrap()).await;
+    assert_eq!(again["receipt"]["rows_removed"], 0);
+    assert_eq!(again["receipt"]["verified"], true);
+    assert_eq!(total("link_clicks"), clicks_before - clicks_of);
+}

@@ -50,6 +50,10 @@ pub fn seed_root(root: &Path, events: u64) {
 
 impl TestServer {
     pub fn start(root: &Path, tokens: &Tokens, extra: &[&str]) -> Self {
+        Self::start_env(root, tokens, extra, &[])
+    }
+
+    pub fn start_env(root: &Path, tokens: &Tokens, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = root.with_extension(format!("serve-{}.log", uuid::Uuid::new_v4()));
         let mut cmd = strata();
         cmd.args([
@@ -64,7 +68,8 @@ impl TestServer {
             "0",
         ])
         .args(extra)
-        .env("STRATA_TOKENS", tokens.lines.join(","));
+        .env("STRATA_TOKENS", tokens.lines.join(","))
+        .envs(env.iter().copied());
         let proc = spawn(&mut cmd, "strata serve", &log);
         let mut base = String::new();
         wait_for("strata serve to listen", Duration::from_secs(60), || {
@@ -87,6 +92,11 @@ impl TestServer {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(mut self) {
+        self.proc.take().unwrap().kill9();
     }
 
     /// SIGTERM and the exit status.

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 pub fn strata() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.env("STRATA_LOG", "warn,strata=info,strata_ingest=info,strata_engine=info,deltalake_core=off,delta_kernel=off");
+    c.env("STRATA_LOG", "warn,strata=info,strata_ingest=info,strata_engine=info,deltalake_core=off,deltalake=off,delta_kernel=off,buoyant_kernel=off");
     c.stdin(Stdio::null());
     c
 }

@@ -11,11 +11,13 @@
 mod audit;
 mod export;
 mod purge;
+mod requests;
 mod subject;
 mod tombstone;
 
 pub use audit::{AuditRecord, GDPR_AUDIT_TABLE};
 pub use export::{ExportBuilder, ExportManifest};
 pub use purge::{PurgeBuilder, PurgeReceipt, TablePurge};
+pub use requests::{GdprRequest, RequestKind, RequestStatus, RequestStore};
 pub use subject::{GdprKey, Subject};
 pub use tombstone::{Tombstones, TOMBSTONES_TABLE};

@@ -29,6 +29,18 @@ use crate::table::TableSpec;
 use crate::writer::writer_properties;
 use crate::{Catalog, EngineError, Result, RollupBuilder, Storage};
 
+/// Test hook: when `STRATA_TEST_PAUSE_AT` names this step, the purge stops here for good (a
+/// crash test kills the process at that point). Steps: `tombstone`, `commit:<table>`,
+/// `rollups`.
+async fn pause_point(step: &str) {
+    if std::env::var("STRATA_TEST_PAUSE_AT").is_ok_and(|s| s == step) {
+        tracing::warn!(step, "purge paused by STRATA_TEST_PAUSE_AT");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    }
+}
+
 /// The marker of purge commits in the Delta log (never the subject).
 const PURGE_MARKER: &str = "strata-gdpr-purge";
 
@@ -73,6 +85,7 @@ pub struct PurgeBuilder {
     key: Option<GdprKey>,
     requested_by: String,
     request_id: String,
+    requested_at: Option<chrono::DateTime<Utc>>,
 }
 
 impl PurgeBuilder {
@@ -83,7 +96,15 @@ impl PurgeBuilder {
             key: None,
             requested_by: "cli".into(),
             request_id: uuid::Uuid::new_v4().to_string(),
+            requested_at: None,
         }
+    }
+
+    /// When the request was made (a resumed request keeps its original time, which is what
+    /// its tombstone compares late events with).
+    pub fn requested_at(mut self, at: chrono::DateTime<Utc>) -> Self {
+        self.requested_at = Some(at);
+        self
     }
 
     pub fn requested_by(mut self, who: impl Into<String>) -> Self {
@@ -105,7 +126,7 @@ impl PurgeBuilder {
         if self.subject.user_id.trim().is_empty() {
             return Err(EngineError::Param("the subject id is empty".into()));
         }
-        let requested_at = Utc::now();
+        let requested_at = self.requested_at.unwrap_or_else(Utc::now);
         let key = match self.key {
             Some(k) => k,
             None => GdprKey::load_or_create(&self.storage).await?,
@@ -120,6 +141,7 @@ impl PurgeBuilder {
             &self.request_id,
         )
         .await?;
+        pause_point("tombstone").await;
 
         let existing = self.storage.list_tables().await?;
         let mut tables = Vec::new();
@@ -135,6 +157,7 @@ impl PurgeBuilder {
             }
         }
         let exports_deleted = delete_exports_of(&self.storage, &subject_hash).await?;
+        pause_point("rollups").await;
         // Rollups recompute the days whose files changed; the catalog sees the new versions.
         let catalog = Catalog::open(&self.storage).await?;
         let rollups = RollupBuilder::new(catalog.clone()).run().await?;
@@ -333,6 +356,7 @@ async fn purge_table(
         )
         .await?;
     report.version_after = Some(committed.version());
+    pause_point(&format!("commit:{}", spec.name)).await;
     table.update_state().await?;
     for r in &removes {
         let path = Path::from(format!("{prefix}{}", r.path));

@@ -12,10 +12,13 @@ use crate::{EngineError, Result, Storage};
 
 /// Who a request is about: a user id, and optionally the anonymous and session ids the
 /// request names as theirs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Subject {
+    #[serde(rename = "subject")]
     pub user_id: String,
+    #[serde(default)]
     pub anonymous_ids: Vec<String>,
+    #[serde(default)]
     pub session_ids: Vec<String>,
 }
 
