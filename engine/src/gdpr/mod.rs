@@ -17,7 +17,7 @@ mod tombstone;
 
 pub use audit::{AuditRecord, GDPR_AUDIT_TABLE};
 pub use export::{ExportBuilder, ExportManifest};
-pub use purge::{PurgeBuilder, PurgeReceipt, TablePurge};
+pub use purge::{PurgeBuilder, PurgeReceipt, PurgeTimings, TablePurge};
 pub use requests::{GdprRequest, RequestKind, RequestStatus, RequestStore};
 pub use subject::{GdprKey, Subject};
 pub use tombstone::{Tombstones, TOMBSTONES_TABLE};

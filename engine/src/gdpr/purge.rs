@@ -76,6 +76,16 @@ pub struct PurgeReceipt {
     /// Rows of the subject found in every table after the purge, by table: all zero.
     pub verification: Vec<(String, i64)>,
     pub verified: bool,
+    /// Where the time went, in milliseconds: rewrite (all tables), rollups, verification.
+    pub timings_ms: PurgeTimings,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct PurgeTimings {
+    pub rewrite: u64,
+    pub rollups: u64,
+    pub verify: u64,
+    pub total: u64,
 }
 
 /// `PurgeBuilder::new(storage, subject).requested_by("dpo").await -> PurgeReceipt`
@@ -143,6 +153,9 @@ impl PurgeBuilder {
         .await?;
         pause_point("tombstone").await;
 
+        let started = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
+        let mut timings = PurgeTimings::default();
         let existing = self.storage.list_tables().await?;
         let mut tables = Vec::new();
         for (name, spec) in [
@@ -157,11 +170,17 @@ impl PurgeBuilder {
             }
         }
         let exports_deleted = delete_exports_of(&self.storage, &subject_hash).await?;
+        timings.rewrite = ms(started);
         pause_point("rollups").await;
         // Rollups recompute the days whose files changed; the catalog sees the new versions.
         let catalog = Catalog::open(&self.storage).await?;
+        let step = std::time::Instant::now();
         let rollups = RollupBuilder::new(catalog.clone()).run().await?;
+        timings.rollups = ms(step);
+        let step = std::time::Instant::now();
         let verification = verify(&catalog, &self.subject).await?;
+        timings.verify = ms(step);
+        timings.total = ms(started);
         let receipt = PurgeReceipt {
             request_id: self.request_id.clone(),
             subject_hash: subject_hash.clone(),
@@ -173,6 +192,7 @@ impl PurgeBuilder {
             exports_deleted,
             verified: verification.iter().all(|(_, n)| *n == 0),
             verification,
+            timings_ms: timings,
         };
         AuditRecord {
             request_id: self.request_id,
