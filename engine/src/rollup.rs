@@ -227,6 +227,28 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
     let from = table.txn_versions(std::slice::from_ref(&app_id)).await?[&app_id];
     report.from_version = from.map(|v| v as u64);
 
+    // A rollup whose SQL changed its columns is rebuilt, with the new schema.
+    // Compared as sets: Delta keeps partition columns last.
+    let stored: BTreeSet<String> = table
+        .delta()
+        .snapshot()?
+        .schema()
+        .fields()
+        .map(|f| f.name().to_string())
+        .collect();
+    let wanted: BTreeSet<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    let schema_changed = stored != wanted;
+    if schema_changed {
+        info!(
+            rollup = spec.name,
+            "columns changed; rebuilding with the new schema"
+        );
+    }
+    let rebuild = rebuild || schema_changed;
     let dates = match (rebuild, from) {
         (false, Some(v)) if v as u64 == to_version => {
             report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -267,6 +289,9 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
         .with_partition_columns(["event_date"])
         .with_writer_properties(crate::writer_properties(table.spec()))
         .with_commit_properties(props);
+    if schema_changed {
+        write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+    }
     if let Some(d) = &dates {
         let list = d
             .iter()

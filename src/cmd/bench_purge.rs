@@ -78,6 +78,11 @@ pub async fn run(args: BenchPurgeArgs) -> anyhow::Result<()> {
         "purge of one median subject: {seconds:.2} s, {} rows removed, verified {}",
         receipt.rows_removed, receipt.verified
     );
+    let t = receipt.timings_ms;
+    println!(
+        "time: rewrite {} ms, rollups {} ms ({} rollup days), verification {} ms",
+        t.rewrite, t.rollups, receipt.rollup_days_recomputed, t.verify
+    );
     println!(
         "{:<14} {:>8} {:>8} {:>10} {:>14}",
         "table", "files", "scanned", "rewritten", "bytes rewritten"

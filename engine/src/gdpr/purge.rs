@@ -9,7 +9,7 @@ use deltalake::kernel::{Action, Remove};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTableBuilder;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 // ParquetObjectReader is deprecated in arrow 59 in favour of a hand-written AsyncFileReader;
@@ -283,67 +283,37 @@ async fn purge_table(
     let columns = subject.columns(spec.name);
     let files: Vec<String> = table.get_file_uris()?.collect();
     report.files_in_table = files.len();
+    // Files are inspected concurrently: bloom filters first, then a full read of candidates.
+    let inspections: Vec<_> = files
+        .iter()
+        .map(|uri| inspect_file(store.clone(), &url, &prefix, uri, subject, spec, &columns))
+        .collect();
+    let hits: Vec<Option<FileHit>> = futures::stream::iter(inspections)
+        .buffered(4)
+        .try_collect()
+        .await?;
     let mut removes = Vec::new();
     let mut kept: Vec<RecordBatch> = Vec::new();
-    for uri in &files {
-        // Local tables list plain paths, object stores full URLs.
-        let rel = uri
-            .strip_prefix(url.as_str())
-            .or_else(|| uri.strip_prefix(url.path()))
-            .ok_or_else(|| EngineError::Internal(format!("file {uri} is outside its table")))?
-            .to_string();
-        let path = Path::from(format!("{prefix}{rel}"));
-        let meta = store
-            .head(&path)
-            .await
-            .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
-        let reader =
-            ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(meta.size);
-        let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
-        if !may_hold(&mut builder, &columns).await? {
-            continue;
-        }
+    for hit in hits.into_iter().flatten() {
         report.files_scanned += 1;
-        let batches: Vec<RecordBatch> = builder
-            .build()
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .try_collect()
-            .await
-            .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
-        let mut removed_here = 0;
-        let mut keep_here = Vec::new();
-        for b in &batches {
-            let hit = subject.matches(spec.name, b)?;
-            removed_here += hit.true_count();
-            let keep = arrow::compute::not(&hit)?;
-            keep_here.push(arrow::compute::filter_record_batch(b, &keep)?);
-        }
-        if removed_here == 0 {
+        if hit.removed == 0 {
             continue; // a bloom false positive
         }
-        report.rows_removed += removed_here;
+        report.rows_removed += hit.removed;
         report.files_rewritten += 1;
-        report.bytes_rewritten += meta.size as i64;
-        let partition = partition_value(&rel, spec.partition_column)?;
-        for b in keep_here.into_iter().filter(|b| b.num_rows() > 0) {
-            kept.push(with_partition(b, spec, partition)?);
-        }
+        report.bytes_rewritten += hit.size as i64;
+        kept.extend(hit.kept);
         removes.push(Remove {
-            path: rel,
+            path: hit.rel,
             data_change: true,
             deletion_timestamp: Some(Utc::now().timestamp_millis()),
             extended_file_metadata: Some(true),
             partition_values: Some(
-                [(
-                    spec.partition_column.to_string(),
-                    Some(partition.to_string()),
-                )]
-                .into_iter()
-                .collect(),
+                [(spec.partition_column.to_string(), Some(hit.partition))]
+                    .into_iter()
+                    .collect(),
             ),
-            size: Some(meta.size as i64),
+            size: Some(hit.size as i64),
             tags: None,
             deletion_vector: None,
             base_row_id: None,
@@ -394,6 +364,72 @@ async fn purge_table(
     Ok(report)
 }
 
+/// A candidate file: what it holds of the subject, and its other rows.
+struct FileHit {
+    rel: String,
+    size: u64,
+    /// The partition value as written in the path (`2026-10-01`).
+    partition: String,
+    removed: usize,
+    kept: Vec<RecordBatch>,
+}
+
+/// None when the bloom filters rule the file out; otherwise its rows split by the subject.
+#[allow(deprecated)]
+async fn inspect_file(
+    store: Arc<dyn object_store::ObjectStore>,
+    url: &url::Url,
+    prefix: &str,
+    uri: &str,
+    subject: &Subject,
+    spec: &TableSpec,
+    columns: &[(&'static str, Vec<&str>)],
+) -> Result<Option<FileHit>> {
+    // Local tables list plain paths, object stores full URLs.
+    let rel = uri
+        .strip_prefix(url.as_str())
+        .or_else(|| uri.strip_prefix(url.path()))
+        .ok_or_else(|| EngineError::Internal(format!("file {uri} is outside its table")))?
+        .to_string();
+    let path = Path::from(format!("{prefix}{rel}"));
+    let meta = store
+        .head(&path)
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    let reader = ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(meta.size);
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    if !may_hold(&mut builder, columns).await? {
+        return Ok(None);
+    }
+    let batches: Vec<RecordBatch> = builder
+        .build()
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .try_collect()
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    let (days, partition) = partition_value(&rel, spec.partition_column)?;
+    let mut removed = 0;
+    let mut kept = Vec::new();
+    for b in &batches {
+        let hit = subject.matches(spec.name, b)?;
+        removed += hit.true_count();
+        let keep = arrow::compute::not(&hit)?;
+        let rest = arrow::compute::filter_record_batch(b, &keep)?;
+        if rest.num_rows() > 0 {
+            kept.push(with_partition(rest, spec, days)?);
+        }
+    }
+    Ok(Some(FileHit {
+        rel,
+        size: meta.size,
+        partition,
+        removed,
+        kept,
+    }))
+}
+
 /// False when the bloom filters of every row group rule the subject out for every column that
 /// has one. A column without a bloom filter (or the dead-letter payload, matched by
 /// containment) always needs a scan.
@@ -430,8 +466,8 @@ async fn may_hold(
     Ok(false)
 }
 
-/// `event_date=2026-10-01/part-...parquet` -> 2026-10-01 (as days since the epoch).
-fn partition_value(rel: &str, column: &str) -> Result<i32> {
+/// `event_date=2026-10-01/part-...parquet` -> (days since the epoch, "2026-10-01").
+fn partition_value(rel: &str, column: &str) -> Result<(i32, String)> {
     let prefix = format!("{column}=");
     let value = rel
         .split('/')
@@ -439,7 +475,10 @@ fn partition_value(rel: &str, column: &str) -> Result<i32> {
         .ok_or_else(|| EngineError::Internal(format!("{rel} has no {column} partition")))?;
     let d = NaiveDate::parse_from_str(value, "%Y-%m-%d")
         .map_err(|e| EngineError::Internal(format!("{rel}: bad partition value: {e}")))?;
-    Ok((d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32)
+    Ok((
+        (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32,
+        value.to_string(),
+    ))
 }
 
 /// A batch read from a data file (which holds no partition column) in the table's schema.
