@@ -89,17 +89,20 @@ impl RollupSpec {
     pub fn sql_for(&self, dates: Option<&BTreeSet<NaiveDate>>) -> String {
         let predicate = match dates {
             None => "TRUE".to_string(),
-            Some(d) if d.is_empty() => "FALSE".to_string(),
-            Some(d) => format!(
-                "event_date IN ({})",
-                d.iter()
-                    .map(|d| format!("DATE '{d}'"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Some(d) => dates_predicate(d),
         };
         self.sql.replace("{dates}", &predicate)
     }
+}
+
+/// `event_date IN (DATE '…', …)`, or `FALSE` for no dates: the days a run recomputes, both in
+/// its SQL and in the partitions its commit replaces.
+fn dates_predicate(dates: &BTreeSet<NaiveDate>) -> String {
+    if dates.is_empty() {
+        return "FALSE".into();
+    }
+    let list: Vec<String> = dates.iter().map(|d| format!("DATE '{d}'")).collect();
+    format!("event_date IN ({})", list.join(", "))
 }
 
 /// What one rollup run did; also what `job_runs` records.
@@ -260,6 +263,12 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
         }
         _ => None,
     };
+    if dates.as_ref().is_some_and(|d| d.is_empty()) {
+        // Source commits without files (ingest advancing offsets only): no day changed.
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        report.version = table.version();
+        return Ok(report);
+    }
     report.full = dates.is_none();
     report.dates = dates.iter().flatten().copied().collect();
 
@@ -293,12 +302,7 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
         write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
     }
     if let Some(d) = &dates {
-        let list = d
-            .iter()
-            .map(|d| format!("DATE '{d}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        write = write.with_replace_where(format!("event_date IN ({list})"));
+        write = write.with_replace_where(dates_predicate(d));
     }
     let written = write.await?;
     report.version = written.version();
