@@ -34,7 +34,7 @@ pub use jobs::{JobRun, JobRuns, JOB_RUNS_TABLE};
 pub use panel::{Panel, PanelParams, PanelResult, Panels, ParamKind, ParamSpec};
 pub use readonly::{check_statement, plan_read_only, tables_read};
 pub use rollup::{changed_dates, RollupBuilder, RollupReport, RollupSpec, ROLLUPS};
-pub use session::{PlannedQuery, SqlSession};
+pub use session::{scalar_i64, PlannedQuery, SqlSession};
 pub use storage::{Storage, StorageOptions};
 pub use table::{AppendOutcome, EventTable, TableSpec, TxnUpdate};
 pub use writer::writer_properties;

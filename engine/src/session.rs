@@ -41,6 +41,15 @@ impl PlannedQuery {
     }
 }
 
+/// The first value of the first column as an integer (a `count(*)` and the like); None when
+/// the result is empty, null or not a number.
+pub fn scalar_i64(batches: &[RecordBatch]) -> Option<i64> {
+    let batch = batches.iter().find(|b| b.num_rows() > 0)?;
+    let col = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64).ok()?;
+    let col = col.as_any().downcast_ref::<arrow::array::Int64Array>()?;
+    arrow::array::Array::is_valid(col, 0).then(|| col.value(0))
+}
+
 /// The analyst's session of `strata sql`: every table under the root, read-only.
 pub struct SqlSession {
     catalog: Arc<Catalog>,
@@ -64,6 +73,11 @@ impl SqlSession {
     /// Picks up commits made since the last statement.
     pub async fn refresh(&self) -> Result<()> {
         self.catalog.refresh().await.map(|_| ())
+    }
+
+    /// Runs one read-only statement and returns its single integer ([`scalar_i64`]).
+    pub async fn query_i64(&self, sql: &str) -> Result<Option<i64>> {
+        Ok(scalar_i64(&self.query(sql).await?.1))
     }
 
     /// Plans and runs one read-only statement, collecting the result.

@@ -41,8 +41,8 @@ impl TombstoneFilter {
             return;
         }
         self.checked = Some(Instant::now());
-        match Tombstones::load(&self.storage).await {
-            Ok(t) if t.version != self.version => {
+        match Tombstones::load_if_changed(&self.storage, self.version).await {
+            Ok(Some(t)) => {
                 if !t.by_hash.is_empty() && self.key.is_none() {
                     match GdprKey::load_or_create(&self.storage).await {
                         Ok(k) => self.key = Some(k),
@@ -55,7 +55,7 @@ impl TombstoneFilter {
                 self.by_hash = t.by_hash;
                 self.version = t.version;
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => warn!(error = %e, "reading tombstones failed; using the last set"),
         }
     }

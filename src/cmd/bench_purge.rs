@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use strata_engine::gdpr::{PurgeBuilder, Subject};
-use strata_engine::{SqlSession, Storage, StorageOptions};
+use strata_engine::SqlSession;
 
 #[derive(Args, Debug)]
 pub struct BenchPurgeArgs {
@@ -23,28 +23,8 @@ pub struct BenchPurgeArgs {
 }
 
 pub async fn run(args: BenchPurgeArgs) -> anyhow::Result<()> {
-    let storage = Storage::open(&StorageOptions {
-        url: args.storage_url.clone(),
-        ..Default::default()
-    })
-    .await?;
-    if !storage
-        .list_tables()
-        .await?
-        .iter()
-        .any(|t| t == "link_clicks")
-    {
-        eprintln!(
-            "bench purge: generating {} events into {}",
-            args.events,
-            storage.root()
-        );
-        crate::cmd::gen::run(crate::cmd::gen::GenArgs::for_storage(
-            &args.storage_url,
-            args.events,
-        ))
-        .await?;
-    }
+    let storage =
+        crate::cmd::bench_query::bench_root("bench purge", &args.storage_url, args.events).await?;
     let session = SqlSession::open(&storage).await?;
     // The median subject by number of clicks.
     let (_, batches) = session

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arrow::array::Array;
 use chrono::NaiveDate;
 use clap::Args;
 use serde::Serialize;
@@ -70,25 +69,14 @@ fn percentile(samples: &mut [f64], q: f64) -> f64 {
 }
 
 async fn count(session: &SqlSession, sql: &str) -> anyhow::Result<i64> {
-    let (_, batches) = session.query(sql).await?;
-    let col = batches
-        .first()
-        .context("no result")?
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .context("not an integer")?
-        .clone();
-    Ok(if col.is_empty() || col.is_null(0) {
-        0
-    } else {
-        col.value(0)
-    })
+    Ok(session.query_i64(sql).await?.unwrap_or(0))
 }
 
-pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
+/// The root of a bench run, with `events` generated events written into it first when it has
+/// no `link_clicks` yet (the same as `strata gen --events N --storage-url URL`).
+pub async fn bench_root(label: &str, url: &str, events: u64) -> anyhow::Result<Storage> {
     let storage = Storage::open(&StorageOptions {
-        url: args.storage_url.clone(),
+        url: url.to_string(),
         ..Default::default()
     })
     .await?;
@@ -99,16 +87,16 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
         .any(|t| t == "link_clicks")
     {
         eprintln!(
-            "bench query: generating {} events into {}",
-            args.events,
+            "{label}: generating {events} events into {}",
             storage.root()
         );
-        crate::cmd::gen::run(crate::cmd::gen::GenArgs::for_storage(
-            &args.storage_url,
-            args.events,
-        ))
-        .await?;
+        crate::cmd::gen::run(crate::cmd::gen::GenArgs::for_storage(url, events)).await?;
     }
+    Ok(storage)
+}
+
+pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
+    let storage = bench_root("bench query", &args.storage_url, args.events).await?;
     strata_engine::ensure_tables(&storage).await?;
     let session = SqlSession::open(&storage).await?;
     let clicks = count(&session, "SELECT count(*) FROM link_clicks").await? as u64;

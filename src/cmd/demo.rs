@@ -146,15 +146,9 @@ async fn counts(storage: &Storage) -> anyhow::Result<String> {
     let session = SqlSession::open(storage).await?;
     let mut parts = Vec::new();
     for t in session.tables() {
-        let (_, batches) = session.query(&format!("SELECT count(*) FROM {t}")).await?;
-        let n = batches
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .map(|a| a.value(0))
-            })
+        let n = session
+            .query_i64(&format!("SELECT count(*) FROM {t}"))
+            .await?
             .unwrap_or(0);
         parts.push(format!("{t}={n}"));
     }

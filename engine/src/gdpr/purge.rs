@@ -243,15 +243,7 @@ async fn verify(catalog: &Catalog, subject: &Subject) -> Result<Vec<(String, i64
             .await?
             .collect()
             .await?;
-        let n = batches
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .map(|a| a.value(0))
-            })
-            .unwrap_or(0);
+        let n = crate::scalar_i64(&batches).unwrap_or(0);
         out.push((table.to_string(), n));
     }
     Ok(out)

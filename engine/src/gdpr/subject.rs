@@ -141,8 +141,14 @@ fn regex_escape(s: &str) -> String {
 
 /// The key of the keyed hash (HMAC-SHA256) that stands for a subject id in tombstones and the
 /// audit log. Kept at `<root>/_strata/gdpr.key` (created on first use) unless given.
+///
+/// The HMAC's inner and outer hash states (key xor ipad/opad absorbed) are prepared once:
+/// ingest hashes every id of every event while tombstones exist.
 #[derive(Clone)]
-pub struct GdprKey(Arc<[u8]>);
+pub struct GdprKey {
+    inner: Arc<Sha256>,
+    outer: Arc<Sha256>,
+}
 
 impl std::fmt::Debug for GdprKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,8 +157,18 @@ impl std::fmt::Debug for GdprKey {
 }
 
 impl GdprKey {
-    pub fn from_bytes(b: &[u8]) -> Self {
-        Self(b.into())
+    pub fn from_bytes(key: &[u8]) -> Self {
+        let mut k = [0u8; 64];
+        if key.len() > 64 {
+            k[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let pad = |x: u8| k.iter().map(|b| b ^ x).collect::<Vec<u8>>();
+        Self {
+            inner: Arc::new(Sha256::new().chain_update(pad(0x36))),
+            outer: Arc::new(Sha256::new().chain_update(pad(0x5c))),
+        }
     }
 
     pub async fn load_or_create(storage: &Storage) -> Result<Self> {
@@ -164,7 +180,7 @@ impl GdprKey {
                     .bytes()
                     .await
                     .map_err(|e| EngineError::Internal(format!("reading the GDPR key: {e}")))?;
-                return Ok(Self(b.to_vec().into()));
+                return Ok(Self::from_bytes(&b));
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(EngineError::Internal(format!("reading the GDPR key: {e}"))),
@@ -183,7 +199,7 @@ impl GdprKey {
             )
             .await;
         match put {
-            Ok(_) => Ok(Self(key.into())),
+            Ok(_) => Ok(Self::from_bytes(&key)),
             // Another process made it first: use theirs.
             Err(object_store::Error::AlreadyExists { .. }) => {
                 Box::pin(Self::load_or_create(storage)).await
@@ -194,24 +210,8 @@ impl GdprKey {
 
     /// HMAC-SHA256 of `id`, hex.
     pub fn hash(&self, id: &str) -> String {
-        let mut k = [0u8; 64];
-        if self.0.len() > 64 {
-            k[..32].copy_from_slice(&Sha256::digest(&self.0));
-        } else {
-            k[..self.0.len()].copy_from_slice(&self.0);
-        }
-        let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-        let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-        let inner = Sha256::new()
-            .chain_update(&ipad)
-            .chain_update(id.as_bytes())
-            .finalize();
-        hex::encode(
-            Sha256::new()
-                .chain_update(&opad)
-                .chain_update(inner)
-                .finalize(),
-        )
+        let inner = (*self.inner).clone().chain_update(id.as_bytes()).finalize();
+        hex::encode((*self.outer).clone().chain_update(inner).finalize())
     }
 }
 

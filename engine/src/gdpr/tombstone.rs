@@ -7,7 +7,10 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::table::{EventTable, TableSpec};
-use crate::{Catalog, Result, Storage};
+use datafusion::prelude::SessionContext;
+use deltalake::{DeltaTableBuilder, DeltaTableError};
+
+use crate::{Result, Storage};
 
 pub const TOMBSTONES_TABLE: &str = "gdpr_tombstones";
 
@@ -72,22 +75,29 @@ impl Tombstones {
         Ok(())
     }
 
-    /// Every tombstone of the root (an empty set when there is none yet).
-    pub async fn load(storage: &Storage) -> Result<Self> {
-        if !storage
-            .list_tables()
-            .await?
-            .iter()
-            .any(|t| t == TOMBSTONES_TABLE)
+    /// Every tombstone of the root (an empty set when there is none yet), or None when the
+    /// table is still at `known` (ingest polls this: only the tombstone table is read, never
+    /// the whole catalog).
+    pub async fn load_if_changed(storage: &Storage, known: Option<u64>) -> Result<Option<Self>> {
+        let table = match DeltaTableBuilder::from_url(storage.table_url(TOMBSTONES_TABLE))?
+            .with_storage_options(storage.options().clone())
+            .load()
+            .await
         {
-            return Ok(Self::default());
+            Ok(t) => t,
+            Err(DeltaTableError::NotATable(_)) => {
+                return Ok(known.is_some().then(Self::default));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if table.version().is_some() && table.version() == known {
+            return Ok(None);
         }
-        let catalog = Catalog::open(storage).await?;
-        let (snap, ctx) = catalog.context()?;
+        let ctx = SessionContext::new();
+        table.update_datafusion_session(&ctx.state())?;
+        ctx.register_table("t", table.table_provider().await?)?;
         let batches = ctx
-            .sql(&format!(
-                "SELECT subject_hash, CAST(requested_at AS BIGINT) FROM {TOMBSTONES_TABLE}"
-            ))
+            .sql("SELECT subject_hash, CAST(requested_at AS BIGINT) FROM t")
             .await?
             .collect()
             .await?;
@@ -107,9 +117,9 @@ impl Tombstones {
                 }
             }
         }
-        Ok(Self {
+        Ok(Some(Self {
             by_hash,
-            version: snap.version(TOMBSTONES_TABLE),
-        })
+            version: table.version(),
+        }))
     }
 }
