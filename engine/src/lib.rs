@@ -13,6 +13,7 @@
 
 mod cache;
 mod catalog;
+mod distinct;
 mod error;
 mod format;
 pub mod gdpr;

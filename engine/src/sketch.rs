@@ -14,20 +14,20 @@
 //! * Latency: buckets grow by 2% (relative error of any quantile under 1%), counts kept per
 //!   non-empty bucket.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int64Array};
-use arrow::datatypes::DataType;
-use arrow::datatypes::Field;
+use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, Float64Array, Int64Array};
+use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, ColumnarValue, ScalarUDF, Signature, SimpleAggregateUDF,
-    SimpleScalarUDF, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator,
+    ScalarUDF, Signature, SimpleScalarUDF, Volatility,
 };
 use datafusion::prelude::SessionContext;
 
-type DfResult<T> = std::result::Result<T, DataFusionError>;
+pub(crate) type DfResult<T> = std::result::Result<T, DataFusionError>;
 
 const P: u32 = 12;
 /// Sketches written before precision 12 (tags 0 and 1) are folded down when read.
@@ -40,77 +40,97 @@ const M: usize = 1 << P;
 const SPARSE_MAX: usize = M / 16;
 
 /// A HyperLogLog sketch (precision 12), sparse until it fills up.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Hll {
-    sparse: BTreeMap<u16, u8>,
-    dense: Option<Box<[u8]>>,
+///
+/// Sparse registers are kept as a sorted `Vec` of `index << 8 | rank`: a rollup row of a rarely
+/// clicked item costs a few bytes and no tree nodes, which matters when a rollup holds millions
+/// of them (one per day x item).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hll {
+    Sparse(Vec<u32>),
+    Dense(Box<[u8]>),
+}
+
+impl Default for Hll {
+    fn default() -> Self {
+        Hll::Sparse(Vec::new())
+    }
 }
 
 impl Hll {
     pub fn insert(&mut self, value: &[u8]) {
-        let h = hash64(value);
+        self.insert_hash(hash64(value));
+    }
+
+    /// Inserts a value by its [`hash64`] (what `distinct_sketch` keeps per group).
+    pub(crate) fn insert_hash(&mut self, h: u64) {
         let idx = (h >> (64 - P)) as u16;
         let rank = ((h << P) | (1 << (P - 1))).leading_zeros() as u8 + 1;
         self.set(idx, rank);
     }
 
     fn set(&mut self, idx: u16, rank: u8) {
-        if let Some(d) = &mut self.dense {
-            let r = &mut d[idx as usize];
-            *r = (*r).max(rank);
-            return;
-        }
-        let r = self.sparse.entry(idx).or_insert(0);
-        *r = (*r).max(rank);
-        if self.sparse.len() > SPARSE_MAX {
-            self.make_dense();
+        match self {
+            Hll::Dense(d) => {
+                let r = &mut d[idx as usize];
+                *r = (*r).max(rank);
+            }
+            Hll::Sparse(s) => {
+                let packed = (u32::from(idx) << 8) | u32::from(rank);
+                match s.binary_search_by_key(&idx, |e| (e >> 8) as u16) {
+                    Ok(i) => s[i] = s[i].max(packed),
+                    Err(i) => {
+                        s.insert(i, packed);
+                        if s.len() > SPARSE_MAX {
+                            self.make_dense();
+                        }
+                    }
+                }
+            }
         }
     }
 
     fn make_dense(&mut self) -> &mut [u8] {
-        if self.dense.is_none() {
+        if let Hll::Sparse(s) = self {
             let mut d = vec![0u8; M].into_boxed_slice();
-            for (i, r) in std::mem::take(&mut self.sparse) {
-                d[i as usize] = r;
+            for &e in s.iter() {
+                d[(e >> 8) as usize] = e as u8;
             }
-            self.dense = Some(d);
+            *self = Hll::Dense(d);
         }
-        self.dense.as_deref_mut().expect("made dense above")
+        match self {
+            Hll::Dense(d) => d,
+            Hll::Sparse(_) => unreachable!("made dense above"),
+        }
     }
 
     pub fn merge(&mut self, other: &Hll) {
-        match &other.dense {
-            Some(d) => {
-                for (i, &r) in d.iter().enumerate() {
-                    if r > 0 {
-                        self.set(i as u16, r);
-                    }
+        match other {
+            Hll::Dense(o) => {
+                let d = self.make_dense();
+                for (r, &o) in d.iter_mut().zip(o.iter()) {
+                    *r = (*r).max(o);
                 }
             }
-            None => {
-                for (&i, &r) in &other.sparse {
-                    self.set(i, r);
+            Hll::Sparse(o) => {
+                for &e in o {
+                    self.set((e >> 8) as u16, e as u8);
                 }
             }
         }
     }
 
     pub fn estimate(&self) -> u64 {
-        let (zeros, sum) = match &self.dense {
-            Some(d) => d.iter().fold((0usize, 0f64), |(z, s), &r| {
+        let (zeros, sum) = match self {
+            Hll::Dense(d) => d.iter().fold((0usize, 0f64), |(z, s), &r| {
                 (
                     z + usize::from(r == 0),
                     s + f64::from_bits((1023 - u64::from(r)) << 52),
                 )
             }),
-            None => {
-                let nz = self.sparse.len();
-                let s: f64 = self
-                    .sparse
-                    .values()
-                    .map(|&r| 2f64.powi(-i32::from(r)))
-                    .sum();
-                (M - nz, s + (M - nz) as f64)
+            Hll::Sparse(s) => {
+                let nz = s.len();
+                let sum: f64 = s.iter().map(|&e| 2f64.powi(-i32::from(e as u8))).sum();
+                (M - nz, sum + (M - nz) as f64)
             }
         };
         let m = M as f64;
@@ -129,22 +149,38 @@ impl Hll {
 
     /// `0x03` + (u16 index, u8 rank)* when sparse, `0x02` + 4,096 registers when dense.
     pub fn to_bytes(&self) -> Vec<u8> {
-        match &self.dense {
-            Some(d) => {
-                let mut out = Vec::with_capacity(M + 1);
+        let mut out = Vec::with_capacity(self.serialized_len());
+        self.write_to(&mut out);
+        out
+    }
+
+    fn serialized_len(&self) -> usize {
+        match self {
+            Hll::Dense(_) => M + 1,
+            Hll::Sparse(s) => 1 + 3 * s.len(),
+        }
+    }
+
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Hll::Dense(d) => {
                 out.push(TAG_DENSE);
                 out.extend_from_slice(d);
-                out
             }
-            None => {
-                let mut out = Vec::with_capacity(1 + 3 * self.sparse.len());
+            Hll::Sparse(s) => {
                 out.push(TAG_SPARSE);
-                for (&i, &r) in &self.sparse {
-                    out.extend_from_slice(&i.to_le_bytes());
-                    out.push(r);
+                for &e in s {
+                    out.extend_from_slice(&((e >> 8) as u16).to_le_bytes());
+                    out.push(e as u8);
                 }
-                out
             }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Hll::Dense(_) => M,
+            Hll::Sparse(s) => s.capacity() * 4,
         }
     }
 
@@ -198,7 +234,7 @@ impl Hll {
 
 /// FNV-1a then the murmur3 finaliser: stable across runs and versions, which a sketch stored
 /// in a table needs (std's hashers are seeded per process).
-fn hash64(bytes: &[u8]) -> u64 {
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -227,10 +263,11 @@ fn fold(idx14: u16, rank14: u8) -> (u16, u8) {
 const GAMMA: f64 = 1.02;
 
 /// Counts of values per log bucket (bucket i holds values in (GAMMA^(i-1), GAMMA^i]); zero and
-/// negatives go to bucket `i16::MIN`.
+/// negatives go to bucket `i16::MIN`. Kept as a `Vec` sorted by bucket: a day of latencies
+/// spans a few hundred buckets, and a binary search over them beats a tree.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LatencySketch {
-    buckets: BTreeMap<i16, u64>,
+    buckets: Vec<(i16, u64)>,
 }
 
 impl LatencySketch {
@@ -240,17 +277,24 @@ impl LatencySketch {
         } else {
             (v.ln() / GAMMA.ln()).ceil().clamp(-30_000.0, 30_000.0) as i16
         };
-        *self.buckets.entry(idx).or_insert(0) += 1;
+        self.add(idx, 1);
+    }
+
+    fn add(&mut self, idx: i16, n: u64) {
+        match self.buckets.binary_search_by_key(&idx, |&(i, _)| i) {
+            Ok(at) => self.buckets[at].1 += n,
+            Err(at) => self.buckets.insert(at, (idx, n)),
+        }
     }
 
     pub fn merge(&mut self, other: &Self) {
-        for (&i, &c) in &other.buckets {
-            *self.buckets.entry(i).or_insert(0) += c;
+        for &(i, c) in &other.buckets {
+            self.add(i, c);
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.values().sum()
+        self.buckets.iter().map(|&(_, c)| c).sum()
     }
 
     /// The value at quantile `q` (0..=1), within 1% relative error; None when empty.
@@ -261,7 +305,7 @@ impl LatencySketch {
         }
         let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (&i, &c) in &self.buckets {
+        for &(i, c) in &self.buckets {
             seen += c;
             if seen >= rank {
                 if i == i16::MIN {
@@ -276,77 +320,114 @@ impl LatencySketch {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(10 * self.buckets.len());
-        for (&i, &c) in &self.buckets {
-            out.extend_from_slice(&i.to_le_bytes());
-            out.extend_from_slice(&c.to_le_bytes());
-        }
+        self.write_to(&mut out);
         out
     }
 
+    fn write_to(&self, out: &mut Vec<u8>) {
+        for &(i, c) in &self.buckets {
+            out.extend_from_slice(&i.to_le_bytes());
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+
     pub fn from_bytes(b: &[u8]) -> DfResult<Self> {
+        let mut s = Self::default();
+        s.merge_serialized(b)?;
+        Ok(s)
+    }
+
+    fn merge_serialized(&mut self, b: &[u8]) -> DfResult<()> {
         if !b.len().is_multiple_of(10) {
             return Err(DataFusionError::Execution(
                 "not a Strata latency sketch (bad length)".into(),
             ));
         }
-        let mut s = Self::default();
         for c in b.chunks_exact(10) {
             let i = i16::from_le_bytes([c[0], c[1]]);
             let n = u64::from_le_bytes(c[2..10].try_into().expect("8 bytes"));
-            *s.buckets.entry(i).or_insert(0) += n;
+            self.add(i, n);
         }
-        Ok(s)
+        Ok(())
     }
 }
 
-/// What an aggregate builds from its input: raw values or serialized sketches.
+/// What an aggregate builds from its input: raw values (each first turned into an `Item`) or
+/// serialized sketches.
 trait Sketch: Default + Send + Sync + std::fmt::Debug + 'static {
-    fn add_values(&mut self, values: &ArrayRef) -> DfResult<()>;
+    type Item: Copy;
+    /// The type a non-native input is cast to.
+    const INPUT: DataType;
+    /// Calls `f(row, item)` for each non-null value.
+    fn for_each_item(
+        values: &ArrayRef,
+        f: impl FnMut(usize, Self::Item) -> DfResult<()>,
+    ) -> DfResult<()>;
+    fn add_item(&mut self, item: Self::Item);
     fn merge_bytes(&mut self, b: &[u8]) -> DfResult<()>;
-    fn bytes(&self) -> Vec<u8>;
+    fn write_bytes(&self, out: &mut Vec<u8>);
     fn heap_size(&self) -> usize;
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_bytes(&mut out);
+        out
+    }
 }
 
 impl Sketch for Hll {
-    fn add_values(&mut self, values: &ArrayRef) -> DfResult<()> {
-        let values = arrow::compute::cast(values, &DataType::Utf8)?;
-        for v in values.as_string::<i32>().iter().flatten() {
-            self.insert(v.as_bytes());
-        }
-        Ok(())
+    type Item = u64;
+    const INPUT: DataType = DataType::Utf8;
+    fn for_each_item(
+        values: &ArrayRef,
+        mut f: impl FnMut(usize, u64) -> DfResult<()>,
+    ) -> DfResult<()> {
+        for_each_bytes(values, &DataType::Utf8, |row, v| f(row, hash64(v)))
+    }
+    fn add_item(&mut self, h: u64) {
+        self.insert_hash(h);
     }
     fn merge_bytes(&mut self, b: &[u8]) -> DfResult<()> {
         self.merge_serialized(b)
     }
-    fn bytes(&self) -> Vec<u8> {
-        self.to_bytes()
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        self.write_to(out)
     }
     fn heap_size(&self) -> usize {
-        self.dense.as_ref().map_or(self.sparse.len() * 24, |_| M)
+        self.heap_bytes()
     }
 }
 
 impl Sketch for LatencySketch {
-    fn add_values(&mut self, values: &ArrayRef) -> DfResult<()> {
+    type Item = f64;
+    const INPUT: DataType = DataType::Float64;
+    fn for_each_item(
+        values: &ArrayRef,
+        mut f: impl FnMut(usize, f64) -> DfResult<()>,
+    ) -> DfResult<()> {
         let values = arrow::compute::cast(values, &DataType::Float64)?;
         let values = values
             .as_any()
             .downcast_ref::<Float64Array>()
             .expect("cast to Float64");
-        for v in values.iter().flatten() {
-            self.insert(v);
+        for (row, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                f(row, v)?;
+            }
         }
         Ok(())
     }
-    fn merge_bytes(&mut self, b: &[u8]) -> DfResult<()> {
-        self.merge(&LatencySketch::from_bytes(b)?);
-        Ok(())
+    fn add_item(&mut self, v: f64) {
+        self.insert(v);
     }
-    fn bytes(&self) -> Vec<u8> {
-        self.to_bytes()
+    fn merge_bytes(&mut self, b: &[u8]) -> DfResult<()> {
+        self.merge_serialized(b)
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        self.write_to(out)
     }
     fn heap_size(&self) -> usize {
-        self.buckets.len() * 32
+        self.buckets.capacity() * 16
     }
 }
 
@@ -360,7 +441,11 @@ struct SketchAccumulator<S: Sketch> {
 impl<S: Sketch> Accumulator for SketchAccumulator<S> {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         if self.from_values {
-            self.sketch.add_values(&values[0])
+            let sketch = &mut self.sketch;
+            S::for_each_item(&values[0], |_, item| {
+                sketch.add_item(item);
+                Ok(())
+            })
         } else {
             merge_binary(&mut self.sketch, &values[0])
         }
@@ -384,19 +469,286 @@ impl<S: Sketch> Accumulator for SketchAccumulator<S> {
 }
 
 fn merge_binary<S: Sketch>(sketch: &mut S, arr: &ArrayRef) -> DfResult<()> {
-    let arr = arrow::compute::cast(arr, &DataType::Binary)?;
-    let arr = arr
-        .as_any()
-        .downcast_ref::<BinaryArray>()
-        .expect("cast to Binary");
-    for b in arr.iter().flatten() {
-        sketch.merge_bytes(b)?;
+    for_each_bytes(arr, &DataType::Binary, |_, b| sketch.merge_bytes(b))
+}
+
+/// Calls `f(row, bytes)` for every non-null value of a string or binary array, whatever its
+/// offset or view layout (no copy into a plain `Utf8` array first); other types are cast to
+/// `fallback` first.
+pub(crate) fn for_each_bytes(
+    arr: &ArrayRef,
+    fallback: &DataType,
+    mut f: impl FnMut(usize, &[u8]) -> DfResult<()>,
+) -> DfResult<()> {
+    fn each<'a>(
+        it: impl Iterator<Item = Option<&'a [u8]>>,
+        f: &mut impl FnMut(usize, &[u8]) -> DfResult<()>,
+    ) -> DfResult<()> {
+        for (row, v) in it.enumerate() {
+            if let Some(v) = v {
+                f(row, v)?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+    match arr.data_type() {
+        DataType::Utf8 => each(
+            arr.as_string::<i32>().iter().map(|v| v.map(str::as_bytes)),
+            &mut f,
+        ),
+        DataType::LargeUtf8 => each(
+            arr.as_string::<i64>().iter().map(|v| v.map(str::as_bytes)),
+            &mut f,
+        ),
+        DataType::Utf8View => each(
+            arr.as_string_view().iter().map(|v| v.map(str::as_bytes)),
+            &mut f,
+        ),
+        DataType::Binary => each(arr.as_binary::<i32>().iter(), &mut f),
+        DataType::LargeBinary => each(arr.as_binary::<i64>().iter(), &mut f),
+        DataType::BinaryView => each(arr.as_binary_view().iter(), &mut f),
+        _ => {
+            let cast = arrow::compute::cast(arr, fallback)?;
+            for_each_bytes(&cast, fallback, f)
+        }
+    }
+}
+
+/// A sketch aggregate over all groups of a GROUP BY at once: one sketch per group in a `Vec`
+/// indexed by group, instead of a boxed accumulator per group. This is what makes the per-day x
+/// item rollup (millions of groups, most with one or two visitors) cheap.
+#[derive(Debug)]
+struct SketchGroups<S: Sketch> {
+    from_values: bool,
+    groups: Vec<S>,
+    /// Heap bytes held by the sketches, kept up to date per row so `size` is O(1).
+    heap: usize,
+}
+
+impl<S: Sketch> SketchGroups<S> {
+    fn new(from_values: bool) -> Self {
+        Self {
+            from_values,
+            groups: Vec::new(),
+            heap: 0,
+        }
+    }
+
+    fn apply(
+        &mut self,
+        values: &ArrayRef,
+        group_indices: &[usize],
+        filter: Option<&arrow::array::BooleanArray>,
+        total_num_groups: usize,
+        from_values: bool,
+    ) -> DfResult<()> {
+        self.groups.resize_with(total_num_groups, S::default);
+        let (groups, heap) = (&mut self.groups, &mut self.heap);
+        let keep = |row: usize| filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+        if from_values {
+            S::for_each_item(values, |row, item| {
+                if keep(row) {
+                    let g = &mut groups[group_indices[row]];
+                    let before = g.heap_size();
+                    g.add_item(item);
+                    *heap = *heap + g.heap_size() - before;
+                }
+                Ok(())
+            })
+        } else {
+            for_each_bytes(values, &DataType::Binary, |row, b| {
+                if keep(row) {
+                    let g = &mut groups[group_indices[row]];
+                    let before = g.heap_size();
+                    g.merge_bytes(b)?;
+                    *heap = *heap + g.heap_size() - before;
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+impl<S: Sketch> GroupsAccumulator for SketchGroups<S> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&arrow::array::BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        let from_values = self.from_values;
+        self.apply(
+            &values[0],
+            group_indices,
+            opt_filter,
+            total_num_groups,
+            from_values,
+        )
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        self.apply(&values[0], group_indices, None, total_num_groups, false)
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
+        let taken = emit_to.take_needed(&mut self.groups);
+        let mut out = BinaryBuilder::with_capacity(taken.len(), taken.len() * 8);
+        let mut buf = Vec::new();
+        for s in &taken {
+            self.heap -= s.heap_size();
+            buf.clear();
+            s.write_bytes(&mut buf);
+            out.append_value(&buf);
+        }
+        Ok(Arc::new(out.finish()))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate(emit_to)?])
+    }
+
+    /// Skipping the partial aggregation (most day x item x visitor groups hold one row): each
+    /// value becomes a sketch of one value, each input sketch passes through.
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&arrow::array::BooleanArray>,
+    ) -> DfResult<Vec<ArrayRef>> {
+        let arr = &values[0];
+        let mut out = BinaryBuilder::with_capacity(arr.len(), arr.len() * 4);
+        let mut next = 0;
+        let mut buf = Vec::new();
+        let mut push = |row: usize, bytes: Option<&[u8]>| {
+            while next < row {
+                out.append_null();
+                next += 1;
+            }
+            next = row + 1;
+            match bytes {
+                Some(b) if opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row)) => {
+                    out.append_value(b)
+                }
+                _ => out.append_null(),
+            }
+        };
+        if self.from_values {
+            S::for_each_item(arr, |row, item| {
+                let mut s = S::default();
+                s.add_item(item);
+                buf.clear();
+                s.write_bytes(&mut buf);
+                push(row, Some(&buf));
+                Ok(())
+            })?;
+        } else {
+            for_each_bytes(arr, &DataType::Binary, |row, b| {
+                push(row, Some(b));
+                Ok(())
+            })?;
+        }
+        push(arr.len(), None);
+        let mut out = out.finish();
+        // `push(len)` closed the gap up to the end and appended one extra null: drop it.
+        out = out.slice(0, arr.len());
+        Ok(vec![Arc::new(out)])
+    }
+
+    fn size(&self) -> usize {
+        self.groups.capacity() * std::mem::size_of::<S>() + self.heap
+    }
+}
+
+/// A sketch aggregate: `hll_sketch(text)` and `latency_sketch(number)` build from values,
+/// `hll_merge(sketch)` and `latency_merge(sketch)` from sketches; a [`GroupsAccumulator`] for
+/// GROUP BY and a plain [`Accumulator`] otherwise.
+#[derive(Debug)]
+struct SketchUdaf<S> {
+    name: &'static str,
+    signature: Signature,
+    from_values: bool,
+    _sketch: std::marker::PhantomData<fn() -> S>,
+}
+
+// By hand: a derive would ask the sketch type for Eq and Hash; the name says which it is.
+impl<S> PartialEq for SketchUdaf<S> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.name, &self.signature, self.from_values)
+            == (other.name, &other.signature, other.from_values)
+    }
+}
+
+impl<S> Eq for SketchUdaf<S> {}
+
+impl<S> std::hash::Hash for SketchUdaf<S> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.name, &self.signature, self.from_values).hash(state);
+    }
+}
+
+impl<S: Sketch> SketchUdaf<S> {
+    fn new(name: &'static str, from_values: bool) -> Self {
+        let signature = match (from_values, S::INPUT) {
+            (true, DataType::Float64) => Signature::numeric(1, Volatility::Immutable),
+            (true, input) => Signature::uniform(1, inputs(&input), Volatility::Immutable),
+            (false, _) => Signature::uniform(1, inputs(&DataType::Binary), Volatility::Immutable),
+        };
+        Self {
+            name,
+            signature,
+            from_values,
+            _sketch: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S: Sketch> AggregateUDFImpl for SketchUdaf<S> {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Binary)
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
+        Ok(Box::new(SketchAccumulator::<S> {
+            sketch: S::default(),
+            from_values: self.from_values,
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format_state_name(args.name, "sketch"),
+            DataType::Binary,
+            true,
+        ))])
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> DfResult<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(SketchGroups::<S>::new(self.from_values)))
+    }
 }
 
 /// Input types a sketch function takes: the plain, large and view forms of its type.
-fn inputs(kind: &DataType) -> Vec<DataType> {
+pub(crate) fn inputs(kind: &DataType) -> Vec<DataType> {
     match kind {
         DataType::Utf8 => vec![DataType::Utf8, DataType::Utf8View, DataType::LargeUtf8],
         DataType::Binary => vec![
@@ -408,45 +760,28 @@ fn inputs(kind: &DataType) -> Vec<DataType> {
     }
 }
 
-fn sketch_udaf<S: Sketch>(name: &str, input: DataType, from_values: bool) -> AggregateUDF {
-    let signature = if input == DataType::Float64 {
-        Signature::numeric(1, Volatility::Immutable)
-    } else {
-        Signature::uniform(1, inputs(&input), Volatility::Immutable)
-    };
-    AggregateUDF::from(SimpleAggregateUDF::new_with_signature(
-        name,
-        signature,
-        DataType::Binary,
-        Arc::new(move |_| {
-            Ok(Box::new(SketchAccumulator::<S> {
-                sketch: S::default(),
-                from_values,
-            }))
-        }),
-        vec![Arc::new(Field::new(
-            format!("{name}_state"),
-            DataType::Binary,
-            true,
-        ))],
-    ))
-}
-
 /// Registers `hll_sketch(text)`, `hll_merge(sketch)`, `hll_count(sketch)`,
 /// `latency_sketch(number)`, `latency_merge(sketch)` and `latency_quantile(sketch, q)`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udaf(sketch_udaf::<Hll>("hll_sketch", DataType::Utf8, true));
-    ctx.register_udaf(sketch_udaf::<Hll>("hll_merge", DataType::Binary, false));
-    ctx.register_udaf(sketch_udaf::<LatencySketch>(
-        "latency_sketch",
-        DataType::Float64,
+    ctx.register_udaf(AggregateUDF::from(SketchUdaf::<Hll>::new(
+        "hll_sketch",
         true,
-    ));
-    ctx.register_udaf(sketch_udaf::<LatencySketch>(
-        "latency_merge",
-        DataType::Binary,
+    )));
+    ctx.register_udaf(AggregateUDF::from(SketchUdaf::<Hll>::new(
+        "hll_merge",
         false,
+    )));
+    ctx.register_udaf(AggregateUDF::from(
+        crate::distinct::DistinctSketchUdaf::new(),
     ));
+    ctx.register_udaf(AggregateUDF::from(SketchUdaf::<LatencySketch>::new(
+        "latency_sketch",
+        true,
+    )));
+    ctx.register_udaf(AggregateUDF::from(SketchUdaf::<LatencySketch>::new(
+        "latency_merge",
+        false,
+    )));
     ctx.register_udf(ScalarUDF::from(SimpleScalarUDF::new_with_signature(
         "hll_count",
         Signature::uniform(1, inputs(&DataType::Binary), Volatility::Immutable),
@@ -565,5 +900,80 @@ mod tests {
         let back = LatencySketch::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
         assert_eq!(LatencySketch::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn groups_accumulator_matches_one_sketch_per_group() {
+        use arrow::array::{BooleanArray, StringArray, StringViewArray};
+        let values: Vec<Option<String>> = (0..3000)
+            .map(|i| (i % 7 != 0).then(|| format!("v{}", i % 1000)))
+            .collect();
+        let groups: Vec<usize> = (0..3000).map(|i| i % 3).collect();
+        let mut expected = vec![Hll::default(), Hll::default(), Hll::default()];
+        for (v, &g) in values.iter().zip(&groups) {
+            if let Some(v) = v {
+                expected[g].insert(v.as_bytes());
+            }
+        }
+        // Raw values, in two batches of two layouts, then emitted first 1 then the rest.
+        let (a, b) = values.split_at(1500);
+        let a: ArrayRef = Arc::new(StringArray::from(a.to_vec()));
+        let b: ArrayRef = Arc::new(StringViewArray::from(b.to_vec()));
+        let mut acc = SketchGroups::<Hll>::new(true);
+        acc.update_batch(std::slice::from_ref(&a), &groups[..1500], None, 3)
+            .unwrap();
+        acc.update_batch(std::slice::from_ref(&b), &groups[1500..], None, 3)
+            .unwrap();
+        assert!(acc.size() > 0);
+        let first = acc.evaluate(EmitTo::First(1)).unwrap();
+        let rest = acc.evaluate(EmitTo::All).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(rest.len(), 2);
+        assert_eq!(acc.heap, 0);
+        let got: Vec<&[u8]> = first
+            .as_binary::<i32>()
+            .iter()
+            .chain(rest.as_binary::<i32>().iter())
+            .map(Option::unwrap)
+            .collect();
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!(*g, e.to_bytes().as_slice());
+        }
+
+        // Skipped partial aggregation: states per row, merged by a final accumulator.
+        let mut fin = SketchGroups::<Hll>::new(false);
+        for (arr, gi) in [(&a, &groups[..1500]), (&b, &groups[1500..])] {
+            let state = acc
+                .convert_to_state(std::slice::from_ref(arr), None)
+                .unwrap();
+            assert_eq!(state[0].len(), arr.len());
+            assert_eq!(state[0].null_count(), arr.null_count());
+            fin.merge_batch(&state, gi, 3).unwrap();
+        }
+        let merged = fin.evaluate(EmitTo::All).unwrap();
+        for (g, e) in merged.as_binary::<i32>().iter().zip(&expected) {
+            assert_eq!(g.unwrap(), e.to_bytes().as_slice());
+        }
+
+        // A FILTER clause: rows whose filter is false or null are left out.
+        let filter = BooleanArray::from(
+            (0..1500)
+                .map(|i| (i % 5 != 0).then_some(i % 2 == 0))
+                .collect::<Vec<_>>(),
+        );
+        let mut filtered = SketchGroups::<Hll>::new(true);
+        filtered
+            .update_batch(std::slice::from_ref(&a), &groups[..1500], Some(&filter), 3)
+            .unwrap();
+        let mut want = vec![Hll::default(), Hll::default(), Hll::default()];
+        for (i, v) in values[..1500].iter().enumerate() {
+            if let (Some(v), true) = (v, i % 5 != 0 && i % 2 == 0) {
+                want[groups[i]].insert(v.as_bytes());
+            }
+        }
+        let out = filtered.evaluate(EmitTo::All).unwrap();
+        for (g, e) in out.as_binary::<i32>().iter().zip(&want) {
+            assert_eq!(g.unwrap(), e.to_bytes().as_slice());
+        }
     }
 }
