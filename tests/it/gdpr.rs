@@ -408,9 +408,15 @@ async fn gdpr_over_http_is_durable_across_a_crash_mid_purge() {
         },
     );
     server.kill9();
-    // Mid-purge: link_clicks is already without the subject (one atomic commit), ai_usage not yet.
+    // Mid-purge: link_clicks is already without the subject (one atomic commit), but its removed
+    // files are not deleted yet and no rollup day was recomputed. ai_usage is purged
+    // concurrently: all of the subject's rows or none of them, never a part.
     assert_eq!(of("link_clicks"), 0);
-    assert_eq!(of("ai_usage"), ai_of);
+    let ai_mid = of("ai_usage");
+    assert!(
+        ai_mid == ai_of || ai_mid == 0,
+        "ai_usage mid-purge: {ai_mid} of {ai_of}"
+    );
 
     // A restarted server resumes the request and finishes it.
     let server = TestServer::start(&root, &t, &[]);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Date32Array, RecordBatch};
 use chrono::{NaiveDate, Utc};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Remove};
+use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTableBuilder;
@@ -58,6 +58,8 @@ pub struct TablePurge {
     pub bytes_rewritten: i64,
     /// Removed files deleted from storage right away (no time travel back to them).
     pub files_vacuumed: usize,
+    /// Wall time of this table's scan, rewrite, commit and deletes.
+    pub elapsed_ms: u64,
 }
 
 /// The receipt of a purge: what was done and the proof that nothing is left.
@@ -157,18 +159,21 @@ impl PurgeBuilder {
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         let mut timings = PurgeTimings::default();
         let existing = self.storage.list_tables().await?;
-        let mut tables = Vec::new();
-        for (name, spec) in [
-            ("link_clicks", TableSpec::for_events(EventKind::LinkClick)),
-            ("ai_usage", TableSpec::for_events(EventKind::AiUsage)),
-            ("dead_letters", TableSpec::dead_letters()),
-        ] {
-            if existing.iter().any(|t| t == name) {
-                tables.push(
-                    purge_table(&self.storage, &self.subject, &spec, &self.request_id).await?,
-                );
-            }
-        }
+        // The raw tables are independent (one commit each): they are purged concurrently.
+        let specs: Vec<TableSpec> = [
+            TableSpec::for_events(EventKind::LinkClick),
+            TableSpec::for_events(EventKind::AiUsage),
+            TableSpec::dead_letters(),
+        ]
+        .into_iter()
+        .filter(|spec| existing.iter().any(|t| t == spec.name))
+        .collect();
+        let tables = futures::future::try_join_all(
+            specs
+                .iter()
+                .map(|spec| purge_table(&self.storage, &self.subject, spec, &self.request_id)),
+        )
+        .await?;
         let exports_deleted = delete_exports_of(&self.storage, &subject_hash).await?;
         timings.rewrite = ms(started);
         pause_point("rollups").await;
@@ -256,6 +261,7 @@ async fn purge_table(
     spec: &TableSpec,
     request_id: &str,
 ) -> Result<TablePurge> {
+    let started = std::time::Instant::now();
     let url = storage.table_url(spec.name);
     let mut table = DeltaTableBuilder::from_url(url.clone())?
         .with_storage_options(storage.options().clone())
@@ -272,21 +278,41 @@ async fn purge_table(
     // delete them now (a repeated request finishes the job).
     report.files_vacuumed += vacuum_previous_purges(storage, spec.name).await?;
 
-    let columns = subject.columns(spec.name);
     let files: Vec<String> = table.get_file_uris()?.collect();
     report.files_in_table = files.len();
-    // Files are inspected concurrently: bloom filters first, then a full read of candidates.
-    let inspections: Vec<_> = files
-        .iter()
-        .map(|uri| inspect_file(store.clone(), &url, &prefix, uri, subject, spec, &columns))
-        .collect();
-    let hits: Vec<Option<FileHit>> = futures::stream::iter(inspections)
-        .buffered(4)
+    // Files are inspected in parallel tasks (one per core): bloom filters first, then a full
+    // read of the candidates; a file that holds the subject is rewritten in the same task, so
+    // reading, filtering and Parquet encoding run on every core and only the files in flight
+    // are held in memory.
+    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut tasks = Vec::with_capacity(files.len());
+    for uri in &files {
+        let writer =
+            RecordBatchWriter::for_table(&table)?.with_writer_properties(writer_properties(spec));
+        let (store, url, prefix, uri) = (store.clone(), url.clone(), prefix.clone(), uri.clone());
+        let (subject, spec) = (subject.clone(), spec.clone());
+        tasks.push(async move {
+            tokio::spawn(async move {
+                let columns = subject.columns(spec.name);
+                let Some(hit) =
+                    inspect_file(store, &url, &prefix, &uri, &subject, &spec, &columns).await?
+                else {
+                    return Ok::<_, EngineError>(None);
+                };
+                let adds = rewrite(writer, &hit.kept).await?;
+                Ok(Some((hit, adds)))
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("purge task failed: {e}")))?
+        });
+    }
+    let hits: Vec<Option<(FileHit, Vec<Add>)>> = futures::stream::iter(tasks)
+        .buffered(parallelism)
         .try_collect()
         .await?;
     let mut removes = Vec::new();
-    let mut kept: Vec<RecordBatch> = Vec::new();
-    for hit in hits.into_iter().flatten() {
+    let mut adds = Vec::new();
+    for (hit, file_adds) in hits.into_iter().flatten() {
         report.files_scanned += 1;
         if hit.removed == 0 {
             continue; // a bloom false positive
@@ -294,7 +320,7 @@ async fn purge_table(
         report.rows_removed += hit.removed;
         report.files_rewritten += 1;
         report.bytes_rewritten += hit.size as i64;
-        kept.extend(hit.kept);
+        adds.extend(file_adds);
         removes.push(Remove {
             path: hit.rel,
             data_change: true,
@@ -314,16 +340,8 @@ async fn purge_table(
     }
     if removes.is_empty() {
         report.version_after = table.version();
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
-    }
-    let mut adds = Vec::new();
-    if !kept.is_empty() {
-        let mut writer =
-            RecordBatchWriter::for_table(&table)?.with_writer_properties(writer_properties(spec));
-        for b in kept {
-            writer.write(b).await?;
-        }
-        adds = writer.flush().await?;
     }
     let mut actions: Vec<Action> = removes.iter().cloned().map(Action::Remove).collect();
     actions.extend(adds.into_iter().map(Action::Add));
@@ -347,13 +365,27 @@ async fn purge_table(
             Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
         }
     }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
     info!(
         table = spec.name,
+        elapsed_ms = report.elapsed_ms,
         files_rewritten = report.files_rewritten,
         rows_removed = report.rows_removed,
         "purge committed"
     );
     Ok(report)
+}
+
+/// Writes the rows a file keeps (none when the subject was all it held, or when the bloom
+/// filter was a false positive) as new files; returns their add actions.
+async fn rewrite(mut writer: RecordBatchWriter, kept: &[RecordBatch]) -> Result<Vec<Add>> {
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    for b in kept {
+        writer.write(b.clone()).await?;
+    }
+    Ok(writer.flush().await?)
 }
 
 /// A candidate file: what it holds of the subject, and its other rows.
