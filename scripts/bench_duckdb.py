@@ -4,11 +4,15 @@ Usage: python bench_duckdb.py ROOT  -> prints {"click_stats_daily": seconds, ...
 
 Reads the live files of each Delta table from its log (adds minus removes), materialises the
 same three rollups (exact distinct counts; no sketches, which DuckDB does not have in the same
-form) into memory, and reports the wall time of each.
+form) into memory, and reports the wall time of each. Then it runs each again writing the result
+as zstd Parquet partitioned by event_date into a temporary directory (what Strata's rollups
+also do, less the Delta commit), reported as "<rollup>:parquet".
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import duckdb
@@ -68,6 +72,19 @@ def main():
         started = time.perf_counter()
         con.execute(sql)
         out[name] = time.perf_counter() - started
+    tmp = tempfile.mkdtemp(prefix="strata-duckdb-")
+    try:
+        for name, sql in queries.items():
+            select = sql[sql.index("SELECT"):]
+            target = os.path.join(tmp, name)
+            started = time.perf_counter()
+            con.execute(
+                f"COPY ({select}) TO '{target}' "
+                "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (event_date))"
+            )
+            out[name + ":parquet"] = time.perf_counter() - started
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out))
 
 

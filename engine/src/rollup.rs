@@ -272,6 +272,7 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
     report.full = dates.is_none();
     report.dates = dates.iter().flatten().copied().collect();
 
+    let prepared_ms = started.elapsed().as_millis() as u64;
     let sql = spec.sql_for(dates.as_ref());
     let df = ctx.sql(&sql).await?;
     let batches: Vec<RecordBatch> = df
@@ -282,6 +283,7 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
         .map(|b| normalize(b, &schema))
         .collect::<Result<_>>()?;
     report.rows = batches.iter().map(|b| b.num_rows()).sum();
+    let computed_ms = started.elapsed().as_millis() as u64;
 
     let props = CommitProperties::default()
         .with_application_transaction(Transaction::new(&app_id, to_version as i64))
@@ -313,6 +315,8 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
         full = report.full,
         days = report.dates.len(),
         rows = report.rows,
+        prepared_ms,
+        computed_ms,
         elapsed_ms = report.elapsed_ms,
         "rollup committed"
     );

@@ -261,40 +261,86 @@ fn fold(idx14: u16, rank14: u8) -> (u16, u8) {
 }
 
 const GAMMA: f64 = 1.02;
+const INV_LN_GAMMA: f64 = 50.498_349_791_843_9; // 1 / ln(1.02)
+/// Buckets beyond ±2,000 (values under 1e-17 or over 1e17) are counted in the last one: the
+/// dense counts of a sketch stay under 32 KiB whatever a producer sends.
+const MAX_BUCKET: i16 = 2_000;
 
 /// Counts of values per log bucket (bucket i holds values in (GAMMA^(i-1), GAMMA^i]); zero and
-/// negatives go to bucket `i16::MIN`. Kept as a `Vec` sorted by bucket: a day of latencies
-/// spans a few hundred buckets, and a binary search over them beats a tree.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// negatives go to bucket `i16::MIN`. The counts are dense from the lowest bucket seen to the
+/// highest (a day of latencies spans a few hundred buckets), so adding a value is an index, not
+/// a search.
+#[derive(Debug, Clone, Default)]
 pub struct LatencySketch {
-    buckets: Vec<(i16, u64)>,
+    /// Values at or below zero.
+    zeros: u64,
+    /// The bucket of `counts[0]`.
+    base: i16,
+    counts: Vec<u64>,
+}
+
+/// Equal when they hold the same counts (whatever the extent of their dense arrays).
+impl PartialEq for LatencySketch {
+    fn eq(&self, other: &Self) -> bool {
+        self.buckets().eq(other.buckets())
+    }
 }
 
 impl LatencySketch {
     pub fn insert(&mut self, v: f64) {
-        let idx = if v <= 0.0 {
-            i16::MIN
-        } else {
-            (v.ln() / GAMMA.ln()).ceil().clamp(-30_000.0, 30_000.0) as i16
-        };
+        if v <= 0.0 || v.is_nan() {
+            self.zeros += 1;
+            return;
+        }
+        let idx = (v.ln() * INV_LN_GAMMA).ceil().clamp(-30_000.0, 30_000.0) as i16;
         self.add(idx, 1);
     }
 
     fn add(&mut self, idx: i16, n: u64) {
-        match self.buckets.binary_search_by_key(&idx, |&(i, _)| i) {
-            Ok(at) => self.buckets[at].1 += n,
-            Err(at) => self.buckets.insert(at, (idx, n)),
+        if idx == i16::MIN {
+            self.zeros += n;
+            return;
         }
+        let idx = idx.clamp(-MAX_BUCKET, MAX_BUCKET);
+        if self.counts.is_empty() {
+            self.base = idx;
+            self.counts.push(n);
+            return;
+        }
+        if idx < self.base {
+            let grow = (self.base - idx) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.base = idx;
+        }
+        let at = (idx - self.base) as usize;
+        if at >= self.counts.len() {
+            self.counts.resize(at + 1, 0);
+        }
+        self.counts[at] += n;
+    }
+
+    /// Non-empty buckets in order, the zero bucket first.
+    fn buckets(&self) -> impl Iterator<Item = (i16, u64)> + '_ {
+        (self.zeros > 0)
+            .then_some((i16::MIN, self.zeros))
+            .into_iter()
+            .chain(
+                self.counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c > 0)
+                    .map(|(i, &c)| (self.base + i as i16, c)),
+            )
     }
 
     pub fn merge(&mut self, other: &Self) {
-        for &(i, c) in &other.buckets {
+        for (i, c) in other.buckets() {
             self.add(i, c);
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|&(_, c)| c).sum()
+        self.zeros + self.counts.iter().sum::<u64>()
     }
 
     /// The value at quantile `q` (0..=1), within 1% relative error; None when empty.
@@ -305,7 +351,7 @@ impl LatencySketch {
         }
         let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for &(i, c) in &self.buckets {
+        for (i, c) in self.buckets() {
             seen += c;
             if seen >= rank {
                 if i == i16::MIN {
@@ -319,13 +365,13 @@ impl LatencySketch {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(10 * self.buckets.len());
+        let mut out = Vec::new();
         self.write_to(&mut out);
         out
     }
 
     fn write_to(&self, out: &mut Vec<u8>) {
-        for &(i, c) in &self.buckets {
+        for (i, c) in self.buckets() {
             out.extend_from_slice(&i.to_le_bytes());
             out.extend_from_slice(&c.to_le_bytes());
         }
@@ -427,7 +473,7 @@ impl Sketch for LatencySketch {
         self.write_to(out)
     }
     fn heap_size(&self) -> usize {
-        self.buckets.capacity() * 16
+        self.counts.capacity() * 8
     }
 }
 

@@ -30,6 +30,12 @@ pub struct BenchQueryArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json_out: Option<std::path::PathBuf>,
+    /// Only these panels (repeatable); all of them by default.
+    #[arg(long = "panel")]
+    pub panels: Vec<String>,
+    /// Time the panels only, over the rollups as they are (no rebuild, no DuckDB).
+    #[arg(long)]
+    pub skip_rollups: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +56,8 @@ struct RollupTiming {
     seconds: f64,
     source_rows_per_sec: f64,
     duckdb_seconds: Option<f64>,
+    /// DuckDB writing the rollup as zstd Parquet partitioned by day (no Delta commit).
+    duckdb_parquet_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,7 +124,7 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
     // Rollups from scratch, one at a time.
     let catalog = Catalog::open(&storage).await?;
     let mut rollups = Vec::new();
-    for spec in ROLLUPS {
+    for spec in ROLLUPS.iter().filter(|_| !args.skip_rollups) {
         let started = Instant::now();
         let reports = RollupBuilder::new(catalog.clone())
             .only(Some(spec.name.to_string()))
@@ -136,10 +144,11 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
             seconds,
             source_rows_per_sec: source_rows as f64 / seconds,
             duckdb_seconds: None,
+            duckdb_parquet_seconds: None,
         });
         eprintln!("bench query: rollup {} in {seconds:.2} s", spec.name);
     }
-    if let Some(python) = &args.duckdb_python {
+    if let Some(python) = args.duckdb_python.as_ref().filter(|_| !args.skip_rollups) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_duckdb.py");
         let out = std::process::Command::new(python)
             .arg(script)
@@ -159,6 +168,7 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
         let times: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         for r in &mut rollups {
             r.duckdb_seconds = times[&r.rollup].as_f64();
+            r.duckdb_parquet_seconds = times[format!("{}:parquet", r.rollup)].as_f64();
         }
     }
 
@@ -167,7 +177,16 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
     let limits = QueryLimits::default();
     let mut panels = Vec::new();
     let registry = Panels::new(Arc::new(ResultCache::new(256 << 20)))?;
-    let names: Vec<&'static str> = registry.list().map(|p| p.name).collect();
+    let names: Vec<&'static str> = registry
+        .list()
+        .map(|p| p.name)
+        .filter(|n| args.panels.is_empty() || args.panels.iter().any(|p| p == n))
+        .collect();
+    if let Some(unknown) = args.panels.iter().find(|p| !names.contains(&p.as_str())) {
+        anyhow::bail!(
+            "no panel named {unknown:?} (see GET /v1/panels or docs/rollups-and-panels.md)"
+        );
+    }
     for name in names {
         let panel = registry.get(name)?;
         let mut pairs = vec![];
@@ -221,17 +240,19 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<24} {:>12} {:>10} {:>14} {:>10}",
-        "rollup", "source rows", "seconds", "rows/s", "duckdb s"
+        "{:<24} {:>12} {:>10} {:>14} {:>10} {:>16}",
+        "rollup", "source rows", "seconds", "rows/s", "duckdb s", "duckdb->parquet"
     );
     for r in &rollups {
         println!(
-            "{:<24} {:>12} {:>10.2} {:>14.0} {:>10}",
+            "{:<24} {:>12} {:>10.2} {:>14.0} {:>10} {:>16}",
             r.rollup,
             r.source_rows,
             r.seconds,
             r.source_rows_per_sec,
-            r.duckdb_seconds.map_or("-".into(), |s| format!("{s:.2}"))
+            r.duckdb_seconds.map_or("-".into(), |s| format!("{s:.2}")),
+            r.duckdb_parquet_seconds
+                .map_or("-".into(), |s| format!("{s:.2}"))
         );
     }
     let results = Results {

@@ -12,7 +12,7 @@ FROM (
            provider,
            model,
            count(*) AS calls,
-           sum(CASE WHEN status = 'ok' THEN 0 ELSE 1 END) AS errors,
+           count(*) FILTER (WHERE status IS DISTINCT FROM 'ok') AS errors,
            sum(input_tokens) AS input_tokens,
            sum(output_tokens) AS output_tokens,
            sum(cost_usd) AS cost_usd,
