@@ -6,6 +6,9 @@
 //!                                                        (one commit, txn = source version consumed)
 //! ```
 //!
+//! A rollup's source may itself be a rollup (`click_stats_daily_totals` reads
+//! `click_stats_daily`, which runs first): its replaced partitions are changed days like any.
+//!
 //! A run reads the version of the source it last consumed from its own `txn` action
 //! (`strata-rollup-<name>`), collects the `event_date` of every file added or removed since, and
 //! recomputes exactly those days: late events and purges are both reflected. When the log
@@ -53,6 +56,14 @@ pub const ROLLUPS: &[RollupSpec] = &[
             "unique_users",
             "unique_sessions",
         ],
+    },
+    // After click_stats_daily, which is its source: the days that run replaced are the days
+    // this one recomputes.
+    RollupSpec {
+        name: "click_stats_daily_totals",
+        source: "click_stats_daily",
+        sql: include_str!("../sql/rollups/click_stats_daily_totals.sql"),
+        stats_columns: &["clicks", "human_clicks", "unique_users", "unique_sessions"],
     },
     RollupSpec {
         name: "click_stats_daily_items",
@@ -378,6 +389,7 @@ async fn open_rollup(
             high_cardinality: &[
                 "users_sketch",
                 "sessions_sketch",
+                "items_sketch",
                 "latency_sketch",
                 "item_id",
             ],

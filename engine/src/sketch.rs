@@ -105,12 +105,7 @@ impl Hll {
 
     pub fn merge(&mut self, other: &Hll) {
         match other {
-            Hll::Dense(o) => {
-                let d = self.make_dense();
-                for (r, &o) in d.iter_mut().zip(o.iter()) {
-                    *r = (*r).max(o);
-                }
-            }
+            Hll::Dense(o) => max_registers(self.make_dense(), o),
             Hll::Sparse(o) => {
                 for &e in o {
                     self.set((e >> 8) as u16, e as u8);
@@ -195,12 +190,7 @@ impl Hll {
     pub fn merge_serialized(&mut self, b: &[u8]) -> DfResult<()> {
         let old_m = 1usize << OLD_P;
         match b.split_first() {
-            Some((&TAG_DENSE, regs)) if regs.len() == M => {
-                let d = self.make_dense();
-                for (r, &o) in d.iter_mut().zip(regs) {
-                    *r = (*r).max(o);
-                }
-            }
+            Some((&TAG_DENSE, regs)) if regs.len() == M => max_registers(self.make_dense(), regs),
             Some((&TAG_SPARSE, pairs)) if pairs.len().is_multiple_of(3) => {
                 for c in pairs.chunks_exact(3) {
                     self.set(u16::from_le_bytes([c[0], c[1]]) & (M as u16 - 1), c[2]);
@@ -229,6 +219,21 @@ impl Hll {
             }
         }
         Ok(())
+    }
+}
+
+/// `dst[i] = max(dst[i], src[i])`, eight registers at a time. Registers are under 128 (a rank
+/// is at most 53), so per byte `(a | 0x80) - b` never borrows from its neighbour and keeps its
+/// top bit exactly when `a >= b`. The hot loop of `hll_merge`; written so it is fast without
+/// relying on the optimiser to vectorise it.
+fn max_registers(dst: &mut [u8], src: &[u8]) {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        let a = u64::from_le_bytes(d.try_into().expect("8 bytes"));
+        let b = u64::from_le_bytes(s.try_into().expect("8 bytes")) & !HIGH;
+        let a_ge_b = ((a | HIGH) - b) & HIGH;
+        let mask = (a_ge_b >> 7) * 0xff;
+        d.copy_from_slice(&((a & mask) | (b & !mask)).to_le_bytes());
     }
 }
 
@@ -1021,5 +1026,15 @@ mod tests {
         for (g, e) in out.as_binary::<i32>().iter().zip(&want) {
             assert_eq!(g.unwrap(), e.to_bytes().as_slice());
         }
+    }
+
+    #[test]
+    fn register_max_eight_at_a_time() {
+        let a: Vec<u8> = (0..4096).map(|i| ((i * 7) % 54) as u8).collect();
+        let b: Vec<u8> = (0..4096).map(|i| ((i * 13 + 5) % 54) as u8).collect();
+        let mut d = a.clone();
+        max_registers(&mut d, &b);
+        let want: Vec<u8> = a.iter().zip(&b).map(|(x, y)| *x.max(y)).collect();
+        assert_eq!(d, want);
     }
 }

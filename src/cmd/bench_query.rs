@@ -132,10 +132,14 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
             .run()
             .await?;
         let seconds = started.elapsed().as_secs_f64();
-        let source_rows = if spec.source == "link_clicks" {
-            clicks
-        } else {
-            ai
+        let source_rows = match spec.source {
+            "link_clicks" => clicks,
+            "ai_usage" => ai,
+            // A rollup of a rollup (click_stats_daily_totals): the rows that one produced.
+            other => rollups
+                .iter()
+                .find(|r: &&RollupTiming| r.rollup == other)
+                .map_or(0, |r| r.rows as u64),
         };
         rollups.push(RollupTiming {
             rollup: spec.name.into(),

@@ -12,7 +12,8 @@ pub struct RollupArgs {
     /// Recompute every day from the raw events instead of only the changed days.
     #[arg(long)]
     pub rebuild: bool,
-    /// Run only this rollup (click_stats_daily, click_stats_daily_items, ai_usage_daily).
+    /// Run only this rollup (click_stats_daily, click_stats_daily_totals, click_stats_daily_items,
+    /// ai_usage_daily).
     #[arg(long)]
     pub only: Option<String>,
 }
