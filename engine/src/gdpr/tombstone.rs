@@ -79,6 +79,15 @@ impl Tombstones {
     /// table is still at `known` (ingest polls this: only the tombstone table is read, never
     /// the whole catalog).
     pub async fn load_if_changed(storage: &Storage, known: Option<u64>) -> Result<Option<Self>> {
+        // No purge yet: no table (a local root has no directory either, which the Delta
+        // loader reports as an invalid location rather than "not a table").
+        let log = object_store::path::Path::from(format!("tables/{TOMBSTONES_TABLE}/_delta_log/"));
+        if futures::StreamExt::next(&mut storage.store().list(Some(&log)))
+            .await
+            .is_none()
+        {
+            return Ok(known.is_some().then(Self::default));
+        }
         let table = match DeltaTableBuilder::from_url(storage.table_url(TOMBSTONES_TABLE))?
             .with_storage_options(storage.options().clone())
             .load()
