@@ -284,6 +284,8 @@ async fn purge_table(
     // read of the candidates; a file that holds the subject is rewritten in the same task, so
     // reading, filtering and Parquet encoding run on every core and only the files in flight
     // are held in memory.
+    // Unordered: an ordered buffer holds a finished quick file (ruled out by its bloom filter)
+    // until the slow rewrite ahead of it is done, which left one core idle.
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut tasks = Vec::with_capacity(files.len());
     for uri in &files {
@@ -294,12 +296,21 @@ async fn purge_table(
         tasks.push(async move {
             tokio::spawn(async move {
                 let columns = subject.columns(spec.name);
+                let started = std::time::Instant::now();
                 let Some(hit) =
                     inspect_file(store, &url, &prefix, &uri, &subject, &spec, &columns).await?
                 else {
                     return Ok::<_, EngineError>(None);
                 };
+                let read_ms = started.elapsed().as_millis() as u64;
                 let adds = rewrite(writer, &hit.kept).await?;
+                tracing::debug!(
+                    table = spec.name,
+                    read_ms,
+                    rewrite_ms = started.elapsed().as_millis() as u64 - read_ms,
+                    rows_removed = hit.removed,
+                    "purge file"
+                );
                 Ok(Some((hit, adds)))
             })
             .await
@@ -307,7 +318,7 @@ async fn purge_table(
         });
     }
     let hits: Vec<Option<(FileHit, Vec<Add>)>> = futures::stream::iter(tasks)
-        .buffered(parallelism)
+        .buffer_unordered(parallelism)
         .try_collect()
         .await?;
     let mut removes = Vec::new();
