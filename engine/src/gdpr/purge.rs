@@ -303,7 +303,12 @@ async fn purge_table(
                     return Ok::<_, EngineError>(None);
                 };
                 let read_ms = started.elapsed().as_millis() as u64;
-                let adds = rewrite(writer, &hit.kept).await?;
+                // A bloom false positive (nothing of the subject) is left as it is.
+                let adds = if hit.removed > 0 {
+                    rewrite(writer, &hit.kept).await?
+                } else {
+                    Vec::new()
+                };
                 tracing::debug!(
                     table = spec.name,
                     read_ms,
