@@ -31,7 +31,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::sketch::{for_each_bytes, hash64, inputs, DfResult, Hll};
+use crate::sketch::{filtered_out, for_each_bytes, hash64, inputs, DfResult, Hll, RowStates};
 
 /// Past this many values a group's list becomes a hash set.
 const SMALL_MAX: usize = 16;
@@ -181,10 +181,6 @@ fn state_array(groups: &[Distinct]) -> ArrayRef {
     Arc::new(out.finish())
 }
 
-fn filtered_out(filter: Option<&BooleanArray>, row: usize) -> bool {
-    filter.is_some_and(|f| !f.is_valid(row) || !f.value(row))
-}
-
 #[derive(Debug, Default)]
 struct DistinctGroups {
     groups: Vec<Distinct>,
@@ -272,26 +268,12 @@ impl GroupsAccumulator for DistinctGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> DfResult<Vec<ArrayRef>> {
         let arr = &values[0];
-        let mut out = BinaryBuilder::with_capacity(arr.len(), arr.len() * 8);
-        let mut next = 0;
+        let mut states = RowStates::new(arr.len(), 8, opt_filter);
         for_each_bytes(arr, &DataType::Utf8, |row, v| {
-            while next < row {
-                out.append_null();
-                next += 1;
-            }
-            next = row + 1;
-            if filtered_out(opt_filter, row) {
-                out.append_null();
-            } else {
-                out.append_value(hash64(v).to_le_bytes());
-            }
+            states.push(row, &hash64(v).to_le_bytes());
             Ok(())
         })?;
-        while next < arr.len() {
-            out.append_null();
-            next += 1;
-        }
-        Ok(vec![Arc::new(out.finish())])
+        Ok(vec![states.finish(arr.len())])
     }
 
     fn size(&self) -> usize {

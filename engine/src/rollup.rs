@@ -448,17 +448,18 @@ pub async fn changed_dates(
 }
 
 /// Creates the rollup tables that do not exist yet, empty (their schema comes from their SQL).
-/// In order, each on a fresh snapshot: a rollup of a rollup needs its source created first.
+/// In order, the snapshot refreshed after each one created: a rollup of a rollup needs its
+/// source created first.
 pub(crate) async fn ensure_rollup_tables(catalog: &Catalog) -> Result<()> {
+    let mut snapshot = catalog.refresh().await?;
     for spec in ROLLUPS {
-        let snapshot = catalog.refresh().await?;
         if snapshot.version(spec.name).is_some() || snapshot.version(spec.source).is_none() {
             continue;
         }
         let ctx = snapshot.context(catalog.runtime(), &Default::default())?;
         let schema = output_schema(&ctx, spec).await?;
         open_rollup(catalog.storage(), spec, schema).await?;
+        snapshot = catalog.refresh().await?;
     }
-    catalog.refresh().await?;
     Ok(())
 }

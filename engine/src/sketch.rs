@@ -565,6 +565,55 @@ pub(crate) fn for_each_bytes(
     }
 }
 
+/// True when a FILTER clause leaves `row` out (false or null).
+pub(crate) fn filtered_out(filter: Option<&arrow::array::BooleanArray>, row: usize) -> bool {
+    filter.is_some_and(|f| !f.is_valid(row) || !f.value(row))
+}
+
+/// The per-row states of `convert_to_state`: rows are pushed in increasing order; rows never
+/// pushed (null values) and rows a FILTER leaves out get a null state.
+pub(crate) struct RowStates<'a> {
+    out: BinaryBuilder,
+    next: usize,
+    filter: Option<&'a arrow::array::BooleanArray>,
+}
+
+impl<'a> RowStates<'a> {
+    pub(crate) fn new(
+        rows: usize,
+        bytes_per_row: usize,
+        filter: Option<&'a arrow::array::BooleanArray>,
+    ) -> Self {
+        Self {
+            out: BinaryBuilder::with_capacity(rows, rows * bytes_per_row),
+            next: 0,
+            filter,
+        }
+    }
+
+    fn fill_to(&mut self, row: usize) {
+        while self.next < row {
+            self.out.append_null();
+            self.next += 1;
+        }
+    }
+
+    pub(crate) fn push(&mut self, row: usize, state: &[u8]) {
+        self.fill_to(row);
+        if filtered_out(self.filter, row) {
+            self.out.append_null();
+        } else {
+            self.out.append_value(state);
+        }
+        self.next = row + 1;
+    }
+
+    pub(crate) fn finish(mut self, rows: usize) -> ArrayRef {
+        self.fill_to(rows);
+        Arc::new(self.out.finish())
+    }
+}
+
 /// A sketch aggregate over all groups of a GROUP BY at once: one sketch per group in a `Vec`
 /// indexed by group, instead of a boxed accumulator per group. This is what makes the per-day x
 /// item rollup (millions of groups, most with one or two visitors) cheap.
@@ -595,7 +644,7 @@ impl<S: Sketch> SketchGroups<S> {
     ) -> DfResult<()> {
         self.groups.resize_with(total_num_groups, S::default);
         let (groups, heap) = (&mut self.groups, &mut self.heap);
-        let keep = |row: usize| filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+        let keep = |row: usize| !filtered_out(filter, row);
         if from_values {
             S::for_each_item(values, |row, item| {
                 if keep(row) {
@@ -672,42 +721,24 @@ impl<S: Sketch> GroupsAccumulator for SketchGroups<S> {
         opt_filter: Option<&arrow::array::BooleanArray>,
     ) -> DfResult<Vec<ArrayRef>> {
         let arr = &values[0];
-        let mut out = BinaryBuilder::with_capacity(arr.len(), arr.len() * 4);
-        let mut next = 0;
-        let mut buf = Vec::new();
-        let mut push = |row: usize, bytes: Option<&[u8]>| {
-            while next < row {
-                out.append_null();
-                next += 1;
-            }
-            next = row + 1;
-            match bytes {
-                Some(b) if opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row)) => {
-                    out.append_value(b)
-                }
-                _ => out.append_null(),
-            }
-        };
+        let mut states = RowStates::new(arr.len(), 4, opt_filter);
         if self.from_values {
+            let mut buf = Vec::new();
             S::for_each_item(arr, |row, item| {
                 let mut s = S::default();
                 s.add_item(item);
                 buf.clear();
                 s.write_bytes(&mut buf);
-                push(row, Some(&buf));
+                states.push(row, &buf);
                 Ok(())
             })?;
         } else {
             for_each_bytes(arr, &DataType::Binary, |row, b| {
-                push(row, Some(b));
+                states.push(row, b);
                 Ok(())
             })?;
         }
-        push(arr.len(), None);
-        let mut out = out.finish();
-        // `push(len)` closed the gap up to the end and appended one extra null: drop it.
-        out = out.slice(0, arr.len());
-        Ok(vec![Arc::new(out)])
+        Ok(vec![states.finish(arr.len())])
     }
 
     fn size(&self) -> usize {

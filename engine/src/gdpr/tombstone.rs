@@ -79,25 +79,28 @@ impl Tombstones {
     /// table is still at `known` (ingest polls this: only the tombstone table is read, never
     /// the whole catalog).
     pub async fn load_if_changed(storage: &Storage, known: Option<u64>) -> Result<Option<Self>> {
-        // No purge yet: no table (a local root has no directory either, which the Delta
-        // loader reports as an invalid location rather than "not a table").
-        let log = object_store::path::Path::from(format!("tables/{TOMBSTONES_TABLE}/_delta_log/"));
-        if futures::StreamExt::next(&mut storage.store().list(Some(&log)))
-            .await
-            .is_none()
-        {
-            return Ok(known.is_some().then(Self::default));
-        }
         let table = match DeltaTableBuilder::from_url(storage.table_url(TOMBSTONES_TABLE))?
             .with_storage_options(storage.options().clone())
             .load()
             .await
         {
             Ok(t) => t,
-            Err(DeltaTableError::NotATable(_)) => {
-                return Ok(known.is_some().then(Self::default));
+            // No purge yet: no table. A local root has no directory either, which the Delta
+            // loader reports as an invalid location rather than "not a table"; the log is
+            // listed only then, off the path of every poll.
+            Err(e) => {
+                let log = object_store::path::Path::from(format!(
+                    "tables/{TOMBSTONES_TABLE}/_delta_log/"
+                ));
+                let no_log = matches!(e, DeltaTableError::NotATable(_))
+                    || futures::StreamExt::next(&mut storage.store().list(Some(&log)))
+                        .await
+                        .is_none();
+                if no_log {
+                    return Ok(known.is_some().then(Self::default));
+                }
+                return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
         };
         if table.version().is_some() && table.version() == known {
             return Ok(None);
