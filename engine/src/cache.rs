@@ -14,6 +14,8 @@ use parking_lot::Mutex;
 pub struct CachedResult {
     pub schema: SchemaRef,
     pub batches: Arc<Vec<RecordBatch>>,
+    /// A panel answer that came from its fallback statement.
+    pub fallback: bool,
     bytes: usize,
 }
 
@@ -27,8 +29,14 @@ impl CachedResult {
         Self {
             schema,
             batches,
+            fallback: false,
             bytes,
         }
+    }
+
+    pub fn with_fallback(mut self, yes: bool) -> Self {
+        self.fallback = yes;
+        self
     }
 }
 

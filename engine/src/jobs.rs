@@ -52,6 +52,7 @@ impl JobRuns {
             stats_columns: &["job", "started_at", "finished_at", "status", "rows"],
             bloom_columns: &[],
             high_cardinality: &["detail"],
+            lz4: false,
         }
     }
 

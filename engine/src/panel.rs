@@ -9,14 +9,21 @@
 //! Each file opens with a header: `-- title:`, `-- description:`, `-- params:` (the parameters
 //! it takes), `-- reads:` (the tables whose versions key its cache; `*` for all) and optionally
 //! `-- cache: no`.
+//!
+//! A panel may answer from a compact structure that proves its answer or says it cannot: its
+//! statement then ends with a boolean column `proven`, and a line `-- fallback` is followed by
+//! the statement that answers from the full data. The fallback runs only when the first
+//! statement returns no row or a row with `proven` false; either way the answer has the same
+//! columns (`proven` is dropped), and `PanelResult::fallback` says which one answered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use chrono::{Days, NaiveDate, Utc};
+use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -148,10 +155,22 @@ pub struct Panel {
     pub cacheable: bool,
     #[serde(skip)]
     pub sql: &'static str,
+    /// The statement that answers when `sql` cannot prove its answer.
+    #[serde(skip)]
+    pub fallback: Option<&'static str>,
 }
 
+/// The line that separates a panel's statement from its fallback.
+const FALLBACK_LINE: &str = "-- fallback";
+/// The column by which a panel's first statement says its answer is proven.
+const PROVEN_COLUMN: &str = "proven";
+
 impl Panel {
-    fn parse(name: &'static str, sql: &'static str) -> Result<Self> {
+    fn parse(name: &'static str, text: &'static str) -> Result<Self> {
+        let (sql, fallback) = match text.find(&format!("\n{FALLBACK_LINE}\n")) {
+            Some(at) => (&text[..at + 1], Some(&text[at + FALLBACK_LINE.len() + 2..])),
+            None => (text, None),
+        };
         let mut panel = Panel {
             name,
             title: name.to_string(),
@@ -161,6 +180,7 @@ impl Panel {
             all_tables: false,
             cacheable: true,
             sql,
+            fallback,
         };
         for line in sql.lines().map_while(|l| l.strip_prefix("--")) {
             let Some((key, value)) = line.split_once(':') else {
@@ -205,14 +225,22 @@ impl Panel {
 
     /// The statement with the parameters in place, as SQL literals of their validated types.
     pub fn render(&self, p: &PanelParams) -> String {
+        Self::render_sql(self.sql, p)
+    }
+
+    /// The fallback statement with the parameters in place, if the panel has one.
+    pub fn render_fallback(&self, p: &PanelParams) -> Option<String> {
+        self.fallback.map(|sql| Self::render_sql(sql, p))
+    }
+
+    fn render_sql(sql: &str, p: &PanelParams) -> String {
         let text = |v: &Option<String>| match v {
             Some(s) => format!("'{}'", s.replace('\'', "''")),
             None => "CAST(NULL AS VARCHAR)".into(),
         };
         let days = (p.to - p.from).num_days() as u64 + 1;
         let prev_from = p.from.checked_sub_days(Days::new(days)).unwrap_or(p.from);
-        self.sql
-            .replace("{from}", &format!("DATE '{}'", p.from))
+        sql.replace("{from}", &format!("DATE '{}'", p.from))
             .replace("{to}", &format!("DATE '{}'", p.to))
             .replace("{prev_from}", &format!("DATE '{prev_from}'"))
             .replace("{category}", &text(&p.category))
@@ -328,6 +356,8 @@ pub struct PanelResult {
     /// `table@version` of every table the answer was computed from.
     pub versions: Vec<String>,
     pub cached: bool,
+    /// Answered by the panel's fallback statement (its first one could not prove its answer).
+    pub fallback: bool,
     pub elapsed: Duration,
     /// Strong validator: panel, parameters and table versions.
     pub etag: String,
@@ -414,21 +444,30 @@ impl Panels {
                     batches: hit.batches.clone(),
                     versions,
                     cached: true,
+                    fallback: hit.fallback,
                     elapsed: started.elapsed(),
                     etag,
                 });
             }
         }
         let ctx = snapshot.context(catalog.runtime(), limits)?;
-        let df = ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| EngineError::Internal(format!("panel {name} does not plan: {e}")))?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = Arc::new(df.collect().await.map_err(EngineError::from_execution)?);
+        let (mut schema, mut batches) = collect(&ctx, name, &sql).await?;
+        let mut fallback = false;
+        if let Some(full) = panel.render_fallback(params) {
+            match proven(&schema, &batches) {
+                Some(answer) => (schema, batches) = answer?,
+                None => {
+                    fallback = true;
+                    (schema, batches) = collect(&ctx, name, &full).await?;
+                }
+            }
+        }
+        let batches = Arc::new(batches);
         if panel.cacheable {
-            self.cache
-                .insert(key, CachedResult::new(schema.clone(), batches.clone()));
+            self.cache.insert(
+                key,
+                CachedResult::new(schema.clone(), batches.clone()).with_fallback(fallback),
+            );
         }
         Ok(PanelResult {
             panel: panel.name,
@@ -436,10 +475,60 @@ impl Panels {
             batches,
             versions,
             cached: false,
+            fallback,
             elapsed: started.elapsed(),
             etag,
         })
     }
+}
+
+async fn collect(
+    ctx: &SessionContext,
+    name: &str,
+    sql: &str,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| EngineError::Internal(format!("panel {name} does not plan: {e}")))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(EngineError::from_execution)?;
+    Ok((schema, batches))
+}
+
+/// The answer without its `proven` column when it has rows and every row is proven; None when
+/// the fallback must answer.
+fn proven(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Option<Result<(SchemaRef, Vec<RecordBatch>)>> {
+    let Ok(at) = schema.index_of(PROVEN_COLUMN) else {
+        return Some(Err(EngineError::Internal(format!(
+            "a panel with a fallback must return a `{PROVEN_COLUMN}` column"
+        ))));
+    };
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let all = batches.iter().all(|b| {
+        b.column(at)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .is_some_and(|p| p.null_count() == 0 && p.true_count() == p.len())
+    });
+    if rows == 0 || !all {
+        return None;
+    }
+    let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| i != at).collect();
+    let answer = schema
+        .project(&keep)
+        .map_err(EngineError::from)
+        .and_then(|s| {
+            let batches = batches
+                .iter()
+                .map(|b| b.project(&keep).map_err(EngineError::from))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((Arc::new(s), batches))
+        });
+    Some(answer)
 }
 
 fn versions(panel: &Panel, snapshot: &Snapshot) -> Vec<String> {

@@ -77,6 +77,13 @@ pub const ROLLUPS: &[RollupSpec] = &[
             "unique_users",
         ],
     },
+    // After click_stats_daily_items, which is its source.
+    RollupSpec {
+        name: "click_stats_daily_top_items",
+        source: "click_stats_daily_items",
+        sql: include_str!("../sql/rollups/click_stats_daily_top_items.sql"),
+        stats_columns: &["event_date", "item_type", "category", "clicks"],
+    },
     RollupSpec {
         name: "ai_usage_daily",
         source: "ai_usage",
@@ -393,6 +400,7 @@ async fn open_rollup(
                 "latency_sketch",
                 "item_id",
             ],
+            lz4: true,
         },
     )
     .await?;

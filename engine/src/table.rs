@@ -29,6 +29,9 @@ pub struct TableSpec {
     pub bloom_columns: &'static [&'static str],
     /// Columns where a dictionary would only cost time.
     pub high_cardinality: &'static [&'static str],
+    /// Every column LZ4 instead of zstd: for small tables that cold panels read whole, where
+    /// the decoder parquet-rs creates per zstd page costs more than the page.
+    pub lz4: bool,
 }
 
 impl TableSpec {
@@ -54,6 +57,7 @@ impl TableSpec {
                 ],
                 bloom_columns: &["user_id", "anonymous_id"],
                 high_cardinality: &["event_id", "target_url", "session_id"],
+                lz4: false,
             },
             EventKind::AiUsage => Self {
                 name: kind.table(),
@@ -77,6 +81,7 @@ impl TableSpec {
                 ],
                 bloom_columns: &["user_id"],
                 high_cardinality: &["event_id", "session_id"],
+                lz4: false,
             },
         }
     }
@@ -96,6 +101,7 @@ impl TableSpec {
             ],
             bloom_columns: &["key"],
             high_cardinality: &["payload"],
+            lz4: false,
         }
     }
 

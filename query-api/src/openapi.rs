@@ -24,7 +24,7 @@ pub fn document(panels: &[&str]) -> Value {
     sql_responses["422"] = json!({ "description": "The query hit its memory limit" });
     let format = json!({ "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "jsonl", "csv", "arrow", "parquet"] }, "description": "Result format; otherwise from Accept; default json." });
     let mut panel_responses = error_responses();
-    panel_responses["200"] = json!({ "description": "The panel: columns, rows (objects) and meta (table_versions, cached, elapsed_ms). ETag header." });
+    panel_responses["200"] = json!({ "description": "The panel: columns, rows (objects) and meta (table_versions, cached, fallback, elapsed_ms, row_count). ETag header." });
     panel_responses["304"] =
         json!({ "description": "Not modified (If-None-Match matched the ETag)" });
     panel_responses["404"] = json!({ "description": "No such panel" });

@@ -76,6 +76,7 @@ pub async fn get(
         "meta": {
             "table_versions": result.versions,
             "cached": result.cached,
+            "fallback": result.fallback,
             "elapsed_ms": result.elapsed.as_secs_f64() * 1000.0,
             "row_count": row_count,
         }

@@ -52,6 +52,7 @@ impl AuditRecord {
                 stats_columns: &["kind", "requested_at", "finished_at", "status"],
                 bloom_columns: &[],
                 high_cardinality: &["request_id", "subject_hash", "receipt"],
+                lz4: false,
             },
         )
         .await?;

@@ -46,6 +46,7 @@ impl Tombstones {
             stats_columns: &["requested_at"],
             bloom_columns: &[],
             high_cardinality: &["subject_hash", "request_id"],
+            lz4: false,
         }
     }
 

@@ -7,3 +7,4 @@
 mod rollups;
 mod slt;
 mod support;
+mod top_items;
