@@ -18,6 +18,7 @@ use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArr
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -89,8 +90,15 @@ impl Snapshot {
             None => Arc::new(UnboundedMemoryPool::default()),
         };
         // No spill files: a query over HTTP must not touch the local filesystem.
+        // Parquet footers are cached across queries (the catalog's runtime holds the cache,
+        // bounded by DataFusion's metadata cache limit): data files never change in place, so
+        // a footer read once is valid until its file is removed.
         let runtime = RuntimeEnvBuilder::new()
             .with_object_store_registry(base.object_store_registry.clone())
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(base.cache_manager.get_file_metadata_cache())),
+            )
             .with_memory_pool(pool)
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),

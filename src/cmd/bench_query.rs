@@ -121,10 +121,11 @@ pub async fn run(args: BenchQueryArgs) -> anyhow::Result<()> {
     let from = to - chrono::Days::new(29);
     eprintln!("bench query: {clicks} clicks, {ai} AI calls; panels over {from}..{to}");
 
-    // Rollups from scratch, one at a time.
-    let catalog = Catalog::open(&storage).await?;
+    // Rollups from scratch, one at a time, each on a fresh catalog (no Parquet footer cached
+    // by an earlier one).
     let mut rollups = Vec::new();
     for spec in ROLLUPS.iter().filter(|_| !args.skip_rollups) {
+        let catalog = Catalog::open(&storage).await?;
         let started = Instant::now();
         let reports = RollupBuilder::new(catalog.clone())
             .only(Some(spec.name.to_string()))

@@ -6,38 +6,37 @@
 --
 -- From the daily top lists (click_stats_daily_top_items), proven exact or not used.
 -- Per item: `lo` = its listed clicks; `hi` = lo plus, for every day it is not listed, the most
--- clicks an unlisted item of its group had that day. An item never listed has at most `open`,
--- the sum of those daily bounds over its group. With `nth` the limit-th largest lo:
+-- clicks an unlisted item of its group had that day (`unlisted_max`). An item never listed has
+-- at most `open`, the sum of those daily bounds over its group. With `nth` the limit-th
+-- largest lo:
 --   * an item whose hi is below nth cannot be in the answer (limit items have at least nth);
 --   * the answer is proven when every unlisted item is below nth (max open < nth, or nothing
 --     is unlisted) and every item with hi >= nth is complete (hi = lo: listed on every day
 --     that left anything out). Then the listed rows are all of its rows, sketches included.
--- Otherwise `proven` is false (or no row is listed) and the fallback answers. Written as
--- windows over one scan of the lists (a CTE used twice is scanned twice), then one more scan
--- for the sketches.
+-- Otherwise `proven` is false (or no row is listed) and the fallback answers. One grouping
+-- gives every item's lo and every group's open (the rows with item_id NULL), the windows run
+-- over those few thousand rows, and one more scan reads the sketches of the chosen items.
 WITH t AS (
     SELECT * FROM click_stats_daily_top_items
     WHERE event_date BETWEEN {from} AND {to}
       AND ({category} IS NULL OR category = {category})
       AND ({item_type} IS NULL OR item_type = {item_type})
 ),
--- A row with item_id NULL is its group's bound for that day.
-bounded AS (
-    SELECT item_id, item_type, category, clicks,
-           max(CASE WHEN item_id IS NULL THEN clicks END)
-               OVER (PARTITION BY event_date, category, item_type) AS day_bound,
-           sum(CASE WHEN item_id IS NULL THEN clicks END)
-               OVER (PARTITION BY category, item_type) AS open
+agg AS (
+    SELECT item_id, item_type, category, sum(clicks) AS lo, sum(unlisted_max) AS covered
     FROM t
+    GROUP BY item_id, item_type, category
 ),
 keys AS (
-    SELECT item_id, item_type, category,
-           sum(clicks) AS lo,
-           sum(clicks) + max(open) - sum(day_bound) AS hi,
-           max(max_open) AS max_open
-    FROM (SELECT *, max(open) OVER () AS max_open FROM bounded)
+    SELECT item_id, item_type, category, lo, lo + open - covered AS hi, max_open
+    FROM (
+        SELECT *,
+               max(CASE WHEN item_id IS NULL THEN lo END)
+                   OVER (PARTITION BY category, item_type) AS open,
+               coalesce(max(CASE WHEN item_id IS NULL THEN lo END) OVER (), 0) AS max_open
+        FROM agg
+    )
     WHERE item_id IS NOT NULL
-    GROUP BY item_id, item_type, category
 ),
 ranked AS (
     SELECT *,
@@ -52,7 +51,8 @@ judged AS (
 top AS (
     SELECT item_id, item_type, category, rank <= {limit} AS chosen,
            (max_open = 0 OR max_open < nth)
-           AND sum(CASE WHEN hi >= nth AND hi > lo THEN 1 ELSE 0 END) OVER () = 0 AS proven
+           -- (Written so that a NULL anywhere counts against the proof.)
+           AND sum(CASE WHEN hi < nth OR hi = lo THEN 0 ELSE 1 END) OVER () = 0 AS proven
     FROM judged
 )
 SELECT t.item_id, t.item_type, t.category,

@@ -5,9 +5,10 @@
 --
 -- Listed: every item whose clicks are at least the group's cut-off, where the cut-off is the
 -- lowest click count that still lists at most 50 items (ties are listed together or not at
--- all, so a list can hold fewer than 50). One more row per group has item_id NULL; its
--- `clicks` is the most clicks any unlisted item of the group had that day (0: none is left
--- out).
+-- all, so a list can hold fewer than 50). `unlisted_max`, on every row, is the most clicks
+-- any unlisted item of the row's day and group had (0: none is left out). One more row per
+-- day and group has item_id NULL and that bound as its `clicks`, so that a group whose list
+-- is empty is still there.
 -- {dates} is the set of event_dates to recompute (TRUE on a rebuild).
 WITH items AS (
     SELECT event_date, category, item_type, item_id, clicks, human_clicks, unique_users,
@@ -33,7 +34,7 @@ cut AS (
     GROUP BY 1, 2, 3
 )
 SELECT i.event_date, i.category, i.item_type, i.item_id,
-       i.clicks, i.human_clicks, i.unique_users, i.users_sketch
+       i.clicks, i.human_clicks, i.unique_users, i.users_sketch, c.unlisted_max
 FROM items i
 JOIN cut c
   ON (i.event_date IS NOT DISTINCT FROM c.event_date)
@@ -44,5 +45,5 @@ WHERE i.clicks >= c.listed_from
   AND i.clicks >= (SELECT min(listed_from) FROM cut)
 UNION ALL
 SELECT event_date, category, item_type, CAST(NULL AS VARCHAR),
-       unlisted_max, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), NULL
+       unlisted_max AS clicks, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), NULL, unlisted_max
 FROM cut
