@@ -569,6 +569,51 @@ mod tests {
     }
 
     #[test]
+    fn a_panel_with_a_fallback_is_two_statements() {
+        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let top = panels.get("top_items").unwrap();
+        let fallback = top.fallback.expect("top_items has a fallback");
+        assert!(top.sql.contains("AS proven"));
+        assert!(!top.sql.contains(&format!("\n{FALLBACK_LINE}\n")));
+        assert!(fallback.trim_start().starts_with("WITH f AS"), "{fallback}");
+        assert!(!fallback.contains(PROVEN_COLUMN));
+        assert_eq!(top.reads.len(), 2, "both tables key the cache");
+        assert!(panels.get("overview").unwrap().fallback.is_none());
+    }
+
+    #[test]
+    fn only_an_answer_proven_on_every_row_is_used() {
+        use arrow::array::{ArrayRef, Int64Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("clicks", DataType::Int64, false),
+            Field::new(PROVEN_COLUMN, DataType::Boolean, true),
+        ]));
+        let batch = |proven: Vec<Option<bool>>| {
+            let n = proven.len() as i64;
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+                    Arc::new(BooleanArray::from(proven)),
+                ],
+            )
+            .unwrap()
+        };
+        let (s, b) = proven(&schema, &[batch(vec![Some(true), Some(true)])])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.fields().len(), 1);
+        assert_eq!(b[0].num_rows(), 2);
+        assert!(proven(&schema, &[batch(vec![Some(true), Some(false)])]).is_none());
+        assert!(proven(&schema, &[batch(vec![Some(true), None])]).is_none());
+        assert!(proven(&schema, &[batch(vec![])]).is_none());
+        assert!(proven(&schema, &[]).is_none());
+        let without = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        assert!(proven(&without, &[]).unwrap().is_err());
+    }
+
+    #[test]
     fn params_are_validated_with_messages_that_say_what_to_fix() {
         let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
         let top = panels.get("top_items").unwrap();

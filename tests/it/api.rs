@@ -111,6 +111,8 @@ async fn panels_sql_formats_auth_and_cache() {
                 .is_empty(),
             "{name}"
         );
+        // Which statement answered (top_items: the daily top lists or the full items table).
+        assert!(body["meta"]["fallback"].is_boolean(), "{name}: {body}");
     }
     let overview_url = server.url(&format!("/v1/panels/overview?{range}"));
     let r = c
