@@ -28,6 +28,7 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use tracing::{debug, warn};
 
+use crate::rollup::RollupSpec;
 use crate::{sketch, Result, Storage};
 
 /// Limits of one query's execution.
@@ -54,6 +55,8 @@ pub struct TableEntry {
     /// When that version was committed (the commit file's modification time).
     pub committed_at_ms: Option<i64>,
     pub provider: Arc<dyn TableProvider>,
+    /// For a rollup: the version of its source it was computed from (its `txn`).
+    pub consumed: Option<u64>,
 }
 
 /// Every table of the root, each at one version.
@@ -65,6 +68,16 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn version(&self, table: &str) -> Option<u64> {
         self.tables.get(table).map(|t| t.version)
+    }
+
+    /// Whether a rollup in this snapshot was computed from the version of its source that is
+    /// in this snapshot too (false for an unknown table, or one not computed yet).
+    pub fn is_current(&self, rollup: &str) -> bool {
+        let Some(spec) = RollupSpec::get(rollup) else {
+            return false;
+        };
+        let consumed = self.tables.get(rollup).and_then(|t| t.consumed);
+        consumed.is_some() && consumed == self.version(spec.source)
     }
 
     /// `name@version` for each of `names` (unknown tables as `name@-`), sorted: the part of a
@@ -234,11 +247,20 @@ impl Catalog {
                     );
                     table.update_datafusion_session(&ctx.state())?;
                     let committed_at_ms = self.commit_time(&name, version).await;
+                    let consumed = match RollupSpec::get(&name) {
+                        Some(spec) => table
+                            .snapshot()?
+                            .transaction_version(table.log_store().as_ref(), &spec.app_id())
+                            .await?
+                            .map(|v| v as u64),
+                        None => None,
+                    };
                     debug!(table = %name, version, "table version loaded");
                     TableEntry {
                         version,
                         committed_at_ms,
                         provider: table.table_provider().await?,
+                        consumed,
                     }
                 }
             };

@@ -15,6 +15,9 @@
 //! the statement that answers from the full data. The fallback runs only when the first
 //! statement returns no row or a row with `proven` false; either way the answer has the same
 //! columns (`proven` is dropped), and `PanelResult::fallback` says which one answered.
+//! `-- current:` names the derived rollups the first statement reads: when one of them has not
+//! caught up with its source in the snapshot (the moment between the two commits of a rollup
+//! run), the fallback answers from the source instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -158,6 +161,9 @@ pub struct Panel {
     /// The statement that answers when `sql` cannot prove its answer.
     #[serde(skip)]
     pub fallback: Option<&'static str>,
+    /// Rollups `sql` may read only when they are current with their source.
+    #[serde(skip)]
+    pub current: Vec<String>,
 }
 
 /// The line that separates a panel's statement from its fallback.
@@ -181,6 +187,7 @@ impl Panel {
             cacheable: true,
             sql,
             fallback,
+            current: vec![],
         };
         for line in sql.lines().map_while(|l| l.strip_prefix("--")) {
             let Some((key, value)) = line.split_once(':') else {
@@ -213,8 +220,14 @@ impl Panel {
                 "reads" if value == "*" => panel.all_tables = true,
                 "reads" => panel.reads = list(),
                 "cache" => panel.cacheable = value != "no",
+                "current" => panel.current = list(),
                 _ => {}
             }
+        }
+        if !panel.current.is_empty() && panel.fallback.is_none() {
+            return Err(EngineError::Internal(format!(
+                "panel {name}: `current` needs a fallback statement"
+            )));
         }
         Ok(panel)
     }
@@ -451,9 +464,12 @@ impl Panels {
             }
         }
         let ctx = snapshot.context(catalog.runtime(), limits)?;
-        let (mut schema, mut batches) = collect(&ctx, name, &sql).await?;
-        let mut fallback = false;
-        if let Some(full) = panel.render_fallback(params) {
+        let (mut fallback, first) = match panel.render_fallback(params) {
+            Some(full) if !panel.current.iter().all(|t| snapshot.is_current(t)) => (true, full),
+            _ => (false, sql),
+        };
+        let (mut schema, mut batches) = collect(&ctx, name, &first).await?;
+        if let (false, Some(full)) = (fallback, panel.render_fallback(params)) {
             match proven(&schema, &batches) {
                 Some(answer) => (schema, batches) = answer?,
                 None => {

@@ -99,7 +99,8 @@ impl RollupSpec {
         ROLLUPS.iter().find(|r| r.name == name)
     }
 
-    fn app_id(&self) -> String {
+    /// The `txn` app id under which each commit records the source version it consumed.
+    pub fn app_id(&self) -> String {
         format!("strata-rollup-{}", self.name)
     }
 

@@ -2,6 +2,7 @@
 -- description: The most clicked items (an item is its id, type and category), with their unique users over the whole period.
 -- params: from, to, category, item_type, limit
 -- reads: click_stats_daily_top_items, click_stats_daily_items
+-- current: click_stats_daily_top_items
 -- fallback: when the daily top lists cannot prove the answer, the statement after `-- fallback` reads every item
 --
 -- From the daily top lists (click_stats_daily_top_items), proven exact or not used.

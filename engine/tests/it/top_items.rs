@@ -190,4 +190,64 @@ async fn top_items_from_the_lists_equals_the_full_query() {
     }
     // Both ways of answering were taken.
     assert!(answered[0] > 20 && answered[1] > 20, "{answered:?}");
+
+    // Between the items rollup's commit and the lists' commit, the lists are behind: the panel
+    // answers from the items, with the new clicks, and from the lists again once they caught up.
+    let pairs = |limit: &str| -> Vec<(String, String)> {
+        [
+            ("from", "2026-09-01"),
+            ("to", "2026-09-05"),
+            ("limit", limit),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let params = panels.parse_params("top_items", &pairs("1")).unwrap();
+    let limits = QueryLimits::default();
+    let run = || panels.run(&catalog, "top_items", &params, &limits, Duration::ZERO);
+    let before = run().await.unwrap();
+    assert!(!before.fallback);
+    assert!(catalog.snapshot().is_current("click_stats_daily_top_items"));
+    let late: String = (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "schema_version": 1,
+                "event_id": format!("00000000-0000-4000-9000-{i:012}"),
+                "occurred_at": "2026-09-03T12:00:00Z",
+                "user_id": "late",
+                "session_id": "late",
+                "item_id": "a-0",
+                "item_type": "marketplace_listing",
+                "category": "a",
+                "source": "homepage",
+                "target_url": "https://example.invalid/",
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    append(&storage, EventKind::LinkClick, &late, 1_000_000).await;
+    RollupBuilder::new(catalog.clone())
+        .only(Some("click_stats_daily_items".into()))
+        .run()
+        .await
+        .unwrap();
+    assert!(!catalog.snapshot().is_current("click_stats_daily_top_items"));
+    let behind = run().await.unwrap();
+    assert!(behind.fallback, "the lists are behind the items");
+    let clicks = |r: &strata_engine::PanelResult| {
+        r.batches[0]
+            .column_by_name("clicks")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!(clicks(&behind), clicks(&before) + 3);
+    RollupBuilder::new(catalog.clone()).run().await.unwrap();
+    let caught_up = run().await.unwrap();
+    assert!(!caught_up.fallback);
+    assert_eq!(clicks(&caught_up), clicks(&behind));
 }
