@@ -43,8 +43,8 @@ pub async fn append(storage: &Storage, kind: EventKind, jsonl: &str, first_offse
     table.append(&[decoded.batch], &[]).await.unwrap();
 }
 
-/// The fixture events in a fresh root, with the rollups run.
-pub async fn fixture() -> Fixture {
+/// These events in a fresh root (one commit per kind, offsets from 0), with the rollups run.
+pub async fn root_with(events: &[(EventKind, &str)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(&StorageOptions {
         url: dir.path().to_str().unwrap().into(),
@@ -52,14 +52,9 @@ pub async fn fixture() -> Fixture {
     })
     .await
     .unwrap();
-    append(
-        &storage,
-        EventKind::LinkClick,
-        &data("link_clicks.jsonl"),
-        0,
-    )
-    .await;
-    append(&storage, EventKind::AiUsage, &data("ai_usage.jsonl"), 0).await;
+    for (kind, jsonl) in events {
+        append(&storage, *kind, jsonl, 0).await;
+    }
     strata_engine::ensure_tables(&storage).await.unwrap();
     let catalog = Catalog::open(&storage).await.unwrap();
     RollupBuilder::new(catalog.clone()).run().await.unwrap();
@@ -68,4 +63,13 @@ pub async fn fixture() -> Fixture {
         storage,
         catalog,
     }
+}
+
+/// The fixture events in a fresh root, with the rollups run.
+pub async fn fixture() -> Fixture {
+    root_with(&[
+        (EventKind::LinkClick, &data("link_clicks.jsonl")),
+        (EventKind::AiUsage, &data("ai_usage.jsonl")),
+    ])
+    .await
 }

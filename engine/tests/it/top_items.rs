@@ -2,12 +2,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::util::pretty::pretty_format_batches;
-use strata_engine::{
-    Catalog, Panels, QueryLimits, ResultCache, RollupBuilder, SqlSession, Storage, StorageOptions,
-};
+use strata_engine::{Panels, QueryLimits, ResultCache, RollupBuilder, SqlSession};
 use strata_schemas::EventKind;
 
-use crate::support::append;
+use crate::support::{append, root_with};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -94,18 +92,9 @@ fn clicks() -> String {
 /// from every item otherwise: either way the answer is the one the full query gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_items_from_the_lists_equals_the_full_query() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&StorageOptions {
-        url: dir.path().to_str().unwrap().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    append(&storage, EventKind::LinkClick, &clicks(), 0).await;
-    strata_engine::ensure_tables(&storage).await.unwrap();
-    let catalog = Catalog::open(&storage).await.unwrap();
-    RollupBuilder::new(catalog.clone()).run().await.unwrap();
-    let session = SqlSession::open(&storage).await.unwrap();
+    let fx = root_with(&[(EventKind::LinkClick, &clicks())]).await;
+    let (storage, catalog) = (&fx.storage, &fx.catalog);
+    let session = SqlSession::open(storage).await.unwrap();
     let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
     let panel = panels.get("top_items").unwrap();
 
@@ -160,7 +149,7 @@ async fn top_items_from_the_lists_equals_the_full_query() {
                     let params = panels.parse_params("top_items", &pairs).unwrap();
                     let got = panels
                         .run(
-                            &catalog,
+                            catalog,
                             "top_items",
                             &params,
                             &QueryLimits::default(),
@@ -205,7 +194,7 @@ async fn top_items_from_the_lists_equals_the_full_query() {
     };
     let params = panels.parse_params("top_items", &pairs("1")).unwrap();
     let limits = QueryLimits::default();
-    let run = || panels.run(&catalog, "top_items", &params, &limits, Duration::ZERO);
+    let run = || panels.run(catalog, "top_items", &params, &limits, Duration::ZERO);
     let before = run().await.unwrap();
     assert!(!before.fallback);
     assert!(catalog.snapshot().is_current("click_stats_daily_top_items"));
@@ -227,7 +216,7 @@ async fn top_items_from_the_lists_equals_the_full_query() {
                 + "\n"
         })
         .collect();
-    append(&storage, EventKind::LinkClick, &late, 1_000_000).await;
+    append(storage, EventKind::LinkClick, &late, 1_000_000).await;
     RollupBuilder::new(catalog.clone())
         .only(Some("click_stats_daily_items".into()))
         .run()
