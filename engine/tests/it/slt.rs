@@ -15,6 +15,8 @@ use crate::support::fixture;
 struct DbError(String);
 
 /// Runs SQL read-only over the fixture, and `PANEL name k=v ...` through the panel registry.
+/// `columns=a,b` (not a panel parameter) keeps only those columns of a panel's answer, for
+/// panels whose other columns depend on the clock.
 struct StrataDb {
     catalog: Arc<Catalog>,
     session: Arc<SqlSession>,
@@ -31,12 +33,16 @@ impl sqllogictest::AsyncDB for StrataDb {
         let batches: Vec<RecordBatch> = if let Some(rest) = sql.trim().strip_prefix("PANEL ") {
             let mut words = rest.split_whitespace();
             let name = words.next().unwrap_or_default();
-            let pairs: Vec<(String, String)> = words
+            let mut pairs: Vec<(String, String)> = words
                 .map(|w| {
                     let (k, v) = w.split_once('=').expect("PANEL params are k=v");
                     (k.to_string(), v.to_string())
                 })
                 .collect();
+            let columns: Option<Vec<String>> = pairs
+                .iter()
+                .position(|(k, _)| k == "columns")
+                .map(|at| pairs.remove(at).1.split(',').map(String::from).collect());
             let params = self.panels.parse_params(name, &pairs).map_err(err)?;
             let r = self
                 .panels
@@ -49,7 +55,16 @@ impl sqllogictest::AsyncDB for StrataDb {
                 )
                 .await
                 .map_err(err)?;
-            r.batches.as_ref().clone()
+            match columns {
+                None => r.batches.as_ref().clone(),
+                Some(names) => {
+                    let at: Vec<usize> = names
+                        .iter()
+                        .map(|n| r.schema.index_of(n).expect("a column of the panel"))
+                        .collect();
+                    r.batches.iter().map(|b| b.project(&at).unwrap()).collect()
+                }
+            }
         } else {
             self.session.query(sql).await.map_err(err)?.1
         };
