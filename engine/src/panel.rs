@@ -15,9 +15,11 @@
 //! the statement that answers from the full data. The fallback runs only when the first
 //! statement returns no row or a row with `proven` false; either way the answer has the same
 //! columns (`proven` is dropped), and `PanelResult::fallback` says which one answered.
-//! `-- current:` names the derived rollups the first statement reads: when one of them has not
-//! caught up with its source in the snapshot (the moment between the two commits of a rollup
-//! run), the fallback answers from the source instead.
+//!
+//! `-- current:` names derived rollups (computed from another rollup, like the totals or the
+//! top lists); `{current}` in the SQL becomes `TRUE` when each of them was computed from the
+//! version of its source in the same snapshot and `FALSE` in the moment between the two commits
+//! of a rollup run, so that the SQL reads the source then and is never a run behind it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -161,7 +163,7 @@ pub struct Panel {
     /// The statement that answers when `sql` cannot prove its answer.
     #[serde(skip)]
     pub fallback: Option<&'static str>,
-    /// Rollups `sql` may read only when they are current with their source.
+    /// Derived rollups whose currency `{current}` renders.
     #[serde(skip)]
     pub current: Vec<String>,
 }
@@ -224,11 +226,6 @@ impl Panel {
                 _ => {}
             }
         }
-        if !panel.current.is_empty() && panel.fallback.is_none() {
-            return Err(EngineError::Internal(format!(
-                "panel {name}: `current` needs a fallback statement"
-            )));
-        }
         Ok(panel)
     }
 
@@ -236,14 +233,20 @@ impl Panel {
         self.params.iter().any(|p| p.name == param)
     }
 
-    /// The statement with the parameters in place, as SQL literals of their validated types.
-    pub fn render(&self, p: &PanelParams) -> String {
-        Self::render_sql(self.sql, p)
+    /// The statement with the parameters in place, as SQL literals of their validated types,
+    /// and `{current}` as given (see [`Panel::is_current`]).
+    pub fn render(&self, p: &PanelParams, current: bool) -> String {
+        Self::render_sql(self.sql, p).replace("{current}", if current { "TRUE" } else { "FALSE" })
     }
 
     /// The fallback statement with the parameters in place, if the panel has one.
     pub fn render_fallback(&self, p: &PanelParams) -> Option<String> {
         self.fallback.map(|sql| Self::render_sql(sql, p))
+    }
+
+    /// Whether the derived rollups of `-- current:` are current with their sources in `snapshot`.
+    pub fn is_current(&self, snapshot: &Snapshot) -> bool {
+        self.current.iter().all(|t| snapshot.is_current(t))
     }
 
     fn render_sql(sql: &str, p: &PanelParams) -> String {
@@ -420,7 +423,7 @@ impl Panels {
         let versions = versions(panel, snapshot);
         let mut h = Sha256::new();
         h.update(panel.name.as_bytes());
-        h.update(panel.render(params).as_bytes());
+        h.update(panel.render(params, panel.is_current(snapshot)).as_bytes());
         for v in &versions {
             h.update(v.as_bytes());
         }
@@ -447,7 +450,7 @@ impl Panels {
         let panel = self.get(name)?;
         let snapshot = catalog.fresh_snapshot(max_age).await?;
         let (versions, etag) = self.etag(name, params, &snapshot)?;
-        let sql = panel.render(params);
+        let sql = panel.render(params, panel.is_current(&snapshot));
         let key = format!("panel\n{sql}\n{}", versions.join(","));
         if panel.cacheable {
             if let Some(hit) = self.cache.get(&key) {
@@ -464,12 +467,9 @@ impl Panels {
             }
         }
         let ctx = snapshot.context(catalog.runtime(), limits)?;
-        let (mut fallback, first) = match panel.render_fallback(params) {
-            Some(full) if !panel.current.iter().all(|t| snapshot.is_current(t)) => (true, full),
-            _ => (false, sql),
-        };
-        let (mut schema, mut batches) = collect(&ctx, name, &first).await?;
-        if let (false, Some(full)) = (fallback, panel.render_fallback(params)) {
+        let (mut schema, mut batches) = collect(&ctx, name, &sql).await?;
+        let mut fallback = false;
+        if let Some(full) = panel.render_fallback(params) {
             match proven(&schema, &batches) {
                 Some(answer) => (schema, batches) = answer?,
                 None => {
@@ -650,6 +650,6 @@ mod tests {
             assert!(e.to_string().contains(needle), "{e}");
         }
         let quoted = PanelParams::parse(top, &pairs(&[("category", "it's")]), today).unwrap();
-        assert!(top.render(&quoted).contains("'it''s'"));
+        assert!(top.render(&quoted, true).contains("'it''s'"));
     }
 }

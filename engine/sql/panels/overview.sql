@@ -2,17 +2,19 @@
 -- description: Clicks, human clicks, unique users and sessions in the period, and the change against the previous period of the same length.
 -- params: from, to, category, item_type, source
 -- reads: click_stats_daily, click_stats_daily_totals
--- Without filters the per-day totals answer (one sketch a day); with any filter, the detailed
--- rollup. The parameters are literals, so the planner drops the branch that cannot match.
+-- current: click_stats_daily_totals
+-- Without filters the per-day totals answer (one sketch a day); with any filter, or while the
+-- totals are a run behind click_stats_daily, the detailed rollup. The parameters are literals,
+-- so the planner drops the branch that cannot match.
 WITH f AS (
     SELECT event_date, clicks, human_clicks, users_sketch, sessions_sketch
     FROM click_stats_daily_totals
-    WHERE {category} IS NULL AND {item_type} IS NULL AND {source} IS NULL
+    WHERE {category} IS NULL AND {item_type} IS NULL AND {source} IS NULL AND {current}
       AND event_date BETWEEN {prev_from} AND {to}
     UNION ALL
     SELECT event_date, clicks, human_clicks, users_sketch, sessions_sketch
     FROM click_stats_daily
-    WHERE NOT ({category} IS NULL AND {item_type} IS NULL AND {source} IS NULL)
+    WHERE NOT ({category} IS NULL AND {item_type} IS NULL AND {source} IS NULL AND {current})
       AND event_date BETWEEN {prev_from} AND {to}
       AND ({category} IS NULL OR category = {category})
       AND ({item_type} IS NULL OR item_type = {item_type})

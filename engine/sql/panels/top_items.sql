@@ -19,7 +19,9 @@
 -- over those few thousand rows, and one more scan reads the sketches of the chosen items.
 WITH t AS (
     SELECT * FROM click_stats_daily_top_items
-    WHERE event_date BETWEEN {from} AND {to}
+    -- Lists a run behind the items table give no row: the fallback answers.
+    WHERE {current}
+      AND event_date BETWEEN {from} AND {to}
       AND ({category} IS NULL OR category = {category})
       AND ({item_type} IS NULL OR item_type = {item_type})
 ),

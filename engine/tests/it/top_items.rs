@@ -193,6 +193,13 @@ async fn top_items_from_the_lists_equals_the_full_query() {
         .collect()
     };
     let params = panels.parse_params("top_items", &pairs("1")).unwrap();
+    let pairs_of = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+        [("from", "2026-09-01"), ("to", "2026-09-05")]
+            .iter()
+            .chain(kv)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
     let limits = QueryLimits::default();
     let run = || panels.run(catalog, "top_items", &params, &limits, Duration::ZERO);
     let before = run().await.unwrap();
@@ -217,12 +224,15 @@ async fn top_items_from_the_lists_equals_the_full_query() {
         })
         .collect();
     append(storage, EventKind::LinkClick, &late, 1_000_000).await;
-    RollupBuilder::new(catalog.clone())
-        .only(Some("click_stats_daily_items".into()))
-        .run()
-        .await
-        .unwrap();
+    for first in ["click_stats_daily", "click_stats_daily_items"] {
+        RollupBuilder::new(catalog.clone())
+            .only(Some(first.into()))
+            .run()
+            .await
+            .unwrap();
+    }
     assert!(!catalog.snapshot().is_current("click_stats_daily_top_items"));
+    assert!(!catalog.snapshot().is_current("click_stats_daily_totals"));
     let behind = run().await.unwrap();
     assert!(behind.fallback, "the lists are behind the items");
     let clicks = |r: &strata_engine::PanelResult| {
@@ -235,8 +245,20 @@ async fn top_items_from_the_lists_equals_the_full_query() {
             .value(0)
     };
     assert_eq!(clicks(&behind), clicks(&before) + 3);
+    // The overview without filters reads the detailed rollup while the totals are behind.
+    let overview = panels.parse_params("overview", &pairs_of(&[])).unwrap();
+    let total = || panels.run(catalog, "overview", &overview, &limits, Duration::ZERO);
+    session.refresh().await.unwrap();
+    let detailed = session
+        .query_i64("SELECT sum(clicks) FROM click_stats_daily WHERE event_date BETWEEN DATE '2026-09-01' AND DATE '2026-09-05'")
+        .await
+        .unwrap();
+    assert_eq!(Some(clicks(&total().await.unwrap())), detailed);
+
     RollupBuilder::new(catalog.clone()).run().await.unwrap();
     let caught_up = run().await.unwrap();
     assert!(!caught_up.fallback);
     assert_eq!(clicks(&caught_up), clicks(&behind));
+    assert!(catalog.snapshot().is_current("click_stats_daily_totals"));
+    assert_eq!(Some(clicks(&total().await.unwrap())), detailed);
 }
