@@ -420,21 +420,10 @@ impl Panels {
         snapshot: &Snapshot,
     ) -> Result<(Vec<String>, String)> {
         let panel = self.get(name)?;
+        let sql = panel.render(params, panel.is_current(snapshot));
         let versions = versions(panel, snapshot);
-        let mut h = Sha256::new();
-        h.update(panel.name.as_bytes());
-        h.update(panel.render(params, panel.is_current(snapshot)).as_bytes());
-        for v in &versions {
-            h.update(v.as_bytes());
-        }
-        if !panel.cacheable {
-            // Time-dependent answers are never the same twice.
-            h.update(Utc::now().timestamp_millis().to_le_bytes());
-        }
-        Ok((
-            versions,
-            format!("\"{}\"", &hex::encode(h.finalize())[..32]),
-        ))
+        let etag = etag_of(panel, &sql, &versions);
+        Ok((versions, etag))
     }
 
     /// Answers a panel on the catalog's snapshot (refreshed when older than `max_age`).
@@ -449,8 +438,10 @@ impl Panels {
         let started = Instant::now();
         let panel = self.get(name)?;
         let snapshot = catalog.fresh_snapshot(max_age).await?;
-        let (versions, etag) = self.etag(name, params, &snapshot)?;
+        // Rendered once: the statement keys the cache and the ETag.
         let sql = panel.render(params, panel.is_current(&snapshot));
+        let versions = versions(panel, &snapshot);
+        let etag = etag_of(panel, &sql, &versions);
         let key = format!("panel\n{sql}\n{}", versions.join(","));
         if panel.cacheable {
             if let Some(hit) = self.cache.get(&key) {
@@ -545,6 +536,21 @@ fn proven(
             Ok((Arc::new(s), batches))
         });
     Some(answer)
+}
+
+/// Strong validator of an answer: the panel, its rendered statement and the table versions.
+fn etag_of(panel: &Panel, sql: &str, versions: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(panel.name.as_bytes());
+    h.update(sql.as_bytes());
+    for v in versions {
+        h.update(v.as_bytes());
+    }
+    if !panel.cacheable {
+        // Time-dependent answers are never the same twice.
+        h.update(Utc::now().timestamp_millis().to_le_bytes());
+    }
+    format!("\"{}\"", &hex::encode(h.finalize())[..32])
 }
 
 fn versions(panel: &Panel, snapshot: &Snapshot) -> Vec<String> {

@@ -182,17 +182,7 @@ async fn top_items_from_the_lists_equals_the_full_query() {
 
     // Between the items rollup's commit and the lists' commit, the lists are behind: the panel
     // answers from the items, with the new clicks, and from the lists again once they caught up.
-    let pairs = |limit: &str| -> Vec<(String, String)> {
-        [
-            ("from", "2026-09-01"),
-            ("to", "2026-09-05"),
-            ("limit", limit),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    };
-    let params = panels.parse_params("top_items", &pairs("1")).unwrap();
+    // Over the five days, with these parameters besides.
     let pairs_of = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
         [("from", "2026-09-01"), ("to", "2026-09-05")]
             .iter()
@@ -200,6 +190,9 @@ async fn top_items_from_the_lists_equals_the_full_query() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
+    let params = panels
+        .parse_params("top_items", &pairs_of(&[("limit", "1")]))
+        .unwrap();
     let limits = QueryLimits::default();
     let run = || panels.run(catalog, "top_items", &params, &limits, Duration::ZERO);
     let before = run().await.unwrap();
