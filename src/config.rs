@@ -173,6 +173,29 @@ pub struct ApiConfig {
     /// Seconds between scheduled rollup runs (0: never).
     #[arg(long, env = "STRATA_ROLLUP_INTERVAL_SECS", default_value_t = 60)]
     pub rollup_interval_secs: u64,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    #[arg(long, env = "STRATA_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; an idle keep-alive connection is
+    /// closed after as long.
+    #[arg(long, env = "STRATA_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body.
+    #[arg(long, env = "STRATA_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Requests per second one client address may make without a valid token (public routes,
+    /// missing or unknown tokens; bursts of 5x are allowed); past it, 429.
+    #[arg(long, env = "STRATA_PEER_RATE_LIMIT", default_value_t = 20.0)]
+    pub peer_rate_limit: f64,
+    /// Queries (SQL and panels) running at once; the next ones wait up to --queue-wait-ms.
+    #[arg(long, env = "STRATA_MAX_QUERIES", default_value_t = 16)]
+    pub max_queries: usize,
+    /// Milliseconds a query may wait for a slot before it is answered 503 with Retry-After.
+    #[arg(long, env = "STRATA_QUEUE_WAIT_MS", default_value_t = 2000)]
+    pub queue_wait_ms: u64,
+    /// Memory all running queries share, in MiB (each one at most --query-memory-mb of it).
+    #[arg(long, env = "STRATA_SERVER_MEMORY_MB", default_value_t = 4096)]
+    pub server_memory_mb: usize,
 }
 
 impl ApiConfig {
@@ -183,6 +206,17 @@ impl ApiConfig {
             max_age: Duration::from_millis(self.refresh_ms),
             query: strata_engine::QueryLimits {
                 memory_bytes: Some(self.query_memory_mb.max(1) << 20),
+                ..Default::default()
+            },
+            max_queries: self.max_queries.max(1),
+            queue_wait: Duration::from_millis(self.queue_wait_ms),
+            server_memory_bytes: self.server_memory_mb.max(1) << 20,
+            http: strata_query_api::HttpLimits {
+                max_connections: self.max_connections.max(1),
+                header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+                body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+                peer_rate_per_sec: self.peer_rate_limit,
+                peer_burst: self.peer_rate_limit * 5.0,
                 ..Default::default()
             },
         }

@@ -46,8 +46,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     config::init_tracing();
+    // Worker stacks of 16 MiB (2 MiB by default): planning and optimising recurse once per
+    // level of a statement's expression tree. The read-only gate bounds that depth; the larger
+    // stack keeps a margin for the deepest statement it lets through.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(16 << 20)
         .build()?;
     let result = runtime.block_on(async {
         match cli.command {

@@ -1,6 +1,11 @@
 //! Results of panels and SQL statements, keyed by the statement and the versions of the tables
 //! it read. A commit (ingest, rollup, purge) changes a version, so the next request misses and
 //! nothing stale is served; old entries age out of the byte budget, oldest first.
+//!
+//! Keys are SHA-256 digests of the statement and versions (a 1 MB statement costs 32 bytes),
+//! and everything an entry holds (its batches, schema, key and bookkeeping) counts against
+//! the budget. What may be cached at all is the caller's decision: only answers whose every
+//! input is a versioned table and whose functions are deterministic.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +30,12 @@ impl CachedResult {
             .iter()
             .map(|b| b.get_array_memory_size())
             .sum::<usize>()
-            + 256;
+            + schema
+                .fields()
+                .iter()
+                .map(|f| f.name().len() + 64)
+                .sum::<usize>()
+            + ENTRY_OVERHEAD;
         Self {
             schema,
             batches,
@@ -40,6 +50,17 @@ impl CachedResult {
     }
 }
 
+/// What one entry costs besides its batches and schema: its key in the map and in the
+/// eviction order, the `Arc`, the map slot.
+const ENTRY_OVERHEAD: usize = 256;
+
+type Key = [u8; 32];
+
+fn key_of(key: &str) -> Key {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// A byte-bounded map from keys to results.
 pub struct ResultCache {
     max_bytes: usize,
@@ -50,8 +71,8 @@ pub struct ResultCache {
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<String, Arc<CachedResult>>,
-    order: VecDeque<String>,
+    map: HashMap<Key, Arc<CachedResult>>,
+    order: VecDeque<Key>,
     bytes: usize,
 }
 
@@ -66,7 +87,7 @@ impl ResultCache {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<CachedResult>> {
-        let hit = self.inner.lock().map.get(key).cloned();
+        let hit = self.inner.lock().map.get(&key_of(key)).cloned();
         match hit {
             Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
             None => self.misses.fetch_add(1, Ordering::Relaxed),
@@ -78,9 +99,10 @@ impl ResultCache {
         if value.bytes > self.max_bytes / 4 {
             return; // one huge result must not flush everything else
         }
+        let key = key_of(&key);
         let mut inner = self.inner.lock();
         inner.bytes += value.bytes;
-        if let Some(old) = inner.map.insert(key.clone(), Arc::new(value)) {
+        if let Some(old) = inner.map.insert(key, Arc::new(value)) {
             inner.bytes -= old.bytes;
             inner.order.retain(|k| k != &key);
         }
@@ -136,6 +158,11 @@ mod tests {
         }
         assert!(cache.get("k0").is_none());
         assert!(cache.get("k9").is_some());
+        assert!(cache.stats().2 <= one * 5);
+        // Keys cost their digest, not their text: a huge statement does not grow the cache.
+        let huge = "x".repeat(1 << 20);
+        cache.insert(huge.clone(), result(1));
+        assert!(cache.get(&huge).is_some());
         assert!(cache.stats().2 <= one * 5);
         cache.clear();
         assert!(cache.get("k9").is_none());

@@ -28,8 +28,9 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use tracing::{debug, warn};
 
+use crate::memory::QueryShare;
 use crate::rollup::RollupSpec;
-use crate::{sketch, Result, Storage};
+use crate::{bounded, sketch, Result, Storage};
 
 /// Limits of one query's execution.
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct QueryLimits {
     /// Memory the query may reserve; past it the query fails with a clear error. None: unbounded.
     pub memory_bytes: Option<usize>,
     pub target_partitions: usize,
+    /// The pool every query of a server shares ([`crate::memory`]); with it, `memory_bytes`
+    /// is each query's share of it.
+    pub server_pool: Option<Arc<dyn MemoryPool>>,
 }
 
 impl Default for QueryLimits {
@@ -44,6 +48,7 @@ impl Default for QueryLimits {
         Self {
             memory_bytes: None,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            server_pool: None,
         }
     }
 }
@@ -98,9 +103,11 @@ impl Snapshot {
     /// A fresh session over this snapshot, with the sketch functions and the `strata_tables`
     /// view (name, version, last commit) registered. SQL options (read-only) are the caller's.
     pub fn context(&self, base: &RuntimeEnv, limits: &QueryLimits) -> Result<SessionContext> {
-        let pool: Arc<dyn MemoryPool> = match limits.memory_bytes {
-            Some(b) => Arc::new(GreedyMemoryPool::new(b)),
-            None => Arc::new(UnboundedMemoryPool::default()),
+        let pool: Arc<dyn MemoryPool> = match (&limits.server_pool, limits.memory_bytes) {
+            (Some(server), Some(b)) => Arc::new(QueryShare::new(server.clone(), b)),
+            (Some(server), None) => server.clone(),
+            (None, Some(b)) => Arc::new(GreedyMemoryPool::new(b)),
+            (None, None) => Arc::new(UnboundedMemoryPool::default()),
         };
         // No spill files: a query over HTTP must not touch the local filesystem.
         // Parquet footers are cached across queries (the catalog's runtime holds the cache,
@@ -123,6 +130,7 @@ impl Snapshot {
             .with_target_partitions(limits.target_partitions.max(1));
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         sketch::register(&ctx);
+        bounded::register(&ctx);
         for (name, t) in &self.tables {
             ctx.register_table(name.as_str(), t.provider.clone())?;
         }

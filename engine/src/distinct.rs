@@ -133,13 +133,14 @@ impl Distinct {
     }
 
     fn merge_state(&mut self, b: &[u8]) -> DfResult<()> {
-        if !b.len().is_multiple_of(8) {
+        let (hashes, rest) = b.as_chunks::<8>();
+        if !rest.is_empty() {
             return Err(DataFusionError::Execution(
-                "not a distinct_sketch state (length is not a multiple of 8)".into(),
+                "distinct_sketch: a partial state is not a whole number of 8-byte hashes".into(),
             ));
         }
-        for c in b.chunks_exact(8) {
-            self.insert(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        for &h in hashes {
+            self.insert(u64::from_le_bytes(h));
         }
         Ok(())
     }

@@ -22,6 +22,11 @@ pub enum EngineError {
     /// The query hit a limit (memory, rows, time).
     #[error("{0}")]
     Limit(String),
+    /// The statement is valid but failed on the data while it ran (division by zero, a bad
+    /// cast, a bad regular expression, corrupt sketch bytes, ...): the caller's to fix. The
+    /// message may quote a data value: it goes to the caller, never to the log.
+    #[error("the query failed: {0}")]
+    Query(String),
     /// Another writer owns a Kafka partition this commit was about to advance.
     #[error("fenced: `{app_id}` is at {found:?} in the table, this writer expected {expected:?}")]
     Fenced {
@@ -46,13 +51,44 @@ impl EngineError {
         Self::Config(msg.into())
     }
 
-    /// Sorts an execution error: a memory limit is the caller's to fix, the rest is ours.
+    /// Sorts an execution error: a memory limit or a failure on the data (a bad cast, division
+    /// by zero, a bad pattern, ...) is the caller's to fix; storage, I/O and internal errors
+    /// are ours.
     pub fn from_execution(e: datafusion::error::DataFusionError) -> Self {
-        match e.find_root() {
-            datafusion::error::DataFusionError::ResourcesExhausted(m) => Self::Limit(format!(
+        use datafusion::error::DataFusionError as D;
+        let root = e.find_root();
+        match root {
+            D::ResourcesExhausted(m) => Self::Limit(format!(
                 "the query needs more memory than its limit allows ({m}); narrow it or aggregate more"
             )),
+            D::ArrowError(a, _) if arrow_is_users(a) => Self::Query(a.to_string()),
+            D::Execution(m) | D::Plan(m) | D::NotImplemented(m) | D::Configuration(m) => {
+                Self::Query(m.clone())
+            }
+            D::SchemaError(..) | D::SQL(..) => Self::Query(root.to_string()),
+            D::External(x) => match x.downcast_ref::<arrow::error::ArrowError>() {
+                Some(a) if arrow_is_users(a) => Self::Query(a.to_string()),
+                _ => Self::DataFusion(e),
+            },
             _ => Self::DataFusion(e),
+        }
+    }
+
+    /// A short name of the error's kind that never quotes a value: what a log line may carry.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Sql(_) => "sql",
+            Self::Refused(_) => "refused",
+            Self::Param(_) => "param",
+            Self::NotFound(_) => "not_found",
+            Self::Limit(_) => "limit",
+            Self::Query(_) => "query",
+            Self::Fenced { .. } => "fenced",
+            Self::Delta(_) => "delta",
+            Self::Arrow(_) => "arrow",
+            Self::DataFusion(_) => "datafusion",
+            Self::Internal(_) => "internal",
         }
     }
 
@@ -66,6 +102,28 @@ impl EngineError {
                 | Self::Param(_)
                 | Self::NotFound(_)
                 | Self::Limit(_)
+                | Self::Query(_)
         )
     }
+}
+
+/// Arrow errors that come from the values a statement computes on, not from storage.
+fn arrow_is_users(e: &arrow::error::ArrowError) -> bool {
+    use arrow::error::ArrowError as A;
+    matches!(
+        e,
+        A::CastError(_)
+            | A::DivideByZero
+            | A::ArithmeticOverflow(_)
+            | A::ComputeError(_)
+            | A::InvalidArgumentError(_)
+            | A::ParseError(_)
+            | A::SchemaError(_)
+            | A::NotYetImplemented(_)
+            | A::JsonError(_)
+            | A::CsvError(_)
+            | A::DictionaryKeyOverflowError
+            | A::RunEndIndexOverflowError
+            | A::OffsetOverflowError(_)
+    )
 }

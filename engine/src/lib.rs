@@ -11,6 +11,7 @@
 //! The storage root is a URL (`./data` by default, or `s3://`, `gs://`, `az://`); every table
 //! lives at `<root>/tables/<name>` as a Delta Lake table.
 
+mod bounded;
 mod cache;
 mod catalog;
 mod distinct;
@@ -18,8 +19,10 @@ mod error;
 mod format;
 pub mod gdpr;
 mod jobs;
+pub mod memory;
 mod panel;
 mod readonly;
+mod redact;
 mod rollup;
 mod session;
 pub mod sketch;
@@ -33,11 +36,16 @@ pub use error::{EngineError, Result};
 pub use format::{write_batches, OutputFormat};
 pub use jobs::{JobRun, JobRuns, JOB_RUNS_TABLE};
 pub use panel::{Panel, PanelParams, PanelResult, Panels, ParamKind, ParamSpec};
-pub use readonly::{check_statement, plan_read_only, tables_read};
+pub use readonly::{
+    check_size, check_statement, is_deterministic, is_explain, plan_read_only, tables_read,
+};
+pub use redact::Redactor;
 pub use rollup::{changed_dates, RollupBuilder, RollupReport, RollupSpec, ROLLUPS};
 pub use session::{scalar_i64, PlannedQuery, SqlSession};
 pub use storage::{Storage, StorageOptions};
-pub use table::{AppendOutcome, EventTable, TableSpec, TxnUpdate};
+pub use table::{
+    AppendOutcome, EventTable, RawAppend, TableSpec, TxnUpdate, TOMBSTONE_MARKER_APP_ID,
+};
 pub use writer::writer_properties;
 
 /// Re-exported so that callers name one Delta version.

@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::{CachedResult, ResultCache};
 use crate::catalog::{QueryLimits, Snapshot};
+use crate::readonly::plan_read_only;
 use crate::{Catalog, EngineError, Result};
 
 const FILES: &[(&str, &str)] = &[
@@ -236,7 +237,12 @@ impl Panel {
     /// The statement with the parameters in place, as SQL literals of their validated types,
     /// and `{current}` as given (see [`Panel::is_current`]).
     pub fn render(&self, p: &PanelParams, current: bool) -> String {
-        Self::render_sql(self.sql, p).replace("{current}", if current { "TRUE" } else { "FALSE" })
+        // `{current}` first: the template holds no value yet, so nothing a caller sent is
+        // read by this pass either.
+        let sql = render_placeholders(self.sql, |name| {
+            (name == "current").then(|| if current { "TRUE" } else { "FALSE" }.to_string())
+        });
+        Self::render_sql(&sql, p)
     }
 
     /// The fallback statement with the parameters in place, if the panel has one.
@@ -249,23 +255,63 @@ impl Panel {
         self.current.iter().all(|t| snapshot.is_current(t))
     }
 
+    /// One pass over the statement: each `{name}` placeholder is replaced by its value, and
+    /// the text that went in is never read again, so a value holding another placeholder's
+    /// name stays a value. Text values go in as hex bytes cast to text (`CAST(X'..' AS
+    /// VARCHAR)`): no quote, backslash or comment in a value can end the literal, whatever the
+    /// dialect's escaping rules. Dates and integers are validated before they get here.
     fn render_sql(sql: &str, p: &PanelParams) -> String {
         let text = |v: &Option<String>| match v {
-            Some(s) => format!("'{}'", s.replace('\'', "''")),
+            Some(s) => format!("CAST(X'{}' AS VARCHAR)", hex::encode(s.as_bytes())),
             None => "CAST(NULL AS VARCHAR)".into(),
         };
         let days = (p.to - p.from).num_days() as u64 + 1;
         let prev_from = p.from.checked_sub_days(Days::new(days)).unwrap_or(p.from);
-        sql.replace("{from}", &format!("DATE '{}'", p.from))
-            .replace("{to}", &format!("DATE '{}'", p.to))
-            .replace("{prev_from}", &format!("DATE '{prev_from}'"))
-            .replace("{category}", &text(&p.category))
-            .replace("{item_type}", &text(&p.item_type))
-            .replace("{source}", &text(&p.source))
-            .replace("{feature}", &text(&p.feature))
-            .replace("{model}", &text(&p.model))
-            .replace("{limit}", &p.limit.to_string())
+        let value = |name: &str| -> Option<String> {
+            Some(match name {
+                "from" => format!("DATE '{}'", p.from),
+                "to" => format!("DATE '{}'", p.to),
+                "prev_from" => format!("DATE '{prev_from}'"),
+                "category" => text(&p.category),
+                "item_type" => text(&p.item_type),
+                "source" => text(&p.source),
+                "feature" => text(&p.feature),
+                "model" => text(&p.model),
+                "limit" => p.limit.to_string(),
+                _ => return None,
+            })
+        };
+        render_placeholders(sql, value)
     }
+}
+
+/// Replaces each `{name}` of `sql` for which `value` has an answer, in one left-to-right pass;
+/// other braces are copied as they are.
+fn render_placeholders(sql: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(after.len());
+        let replaced = (after[name_len..].starts_with('}'))
+            .then(|| value(&after[..name_len]))
+            .flatten();
+        match replaced {
+            Some(v) => {
+                out.push_str(&v);
+                rest = &after[name_len + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Validated panel parameters.
@@ -458,14 +504,15 @@ impl Panels {
             }
         }
         let ctx = snapshot.context(catalog.runtime(), limits)?;
-        let (mut schema, mut batches) = collect(&ctx, name, &sql).await?;
+        let known: BTreeSet<String> = snapshot.tables.keys().cloned().collect();
+        let (mut schema, mut batches) = collect(&ctx, &known, name, &sql).await?;
         let mut fallback = false;
         if let Some(full) = panel.render_fallback(params) {
             match proven(&schema, &batches) {
                 Some(answer) => (schema, batches) = answer?,
                 None => {
                     fallback = true;
-                    (schema, batches) = collect(&ctx, name, &full).await?;
+                    (schema, batches) = collect(&ctx, &known, name, &full).await?;
                 }
             }
         }
@@ -489,15 +536,20 @@ impl Panels {
     }
 }
 
+/// Plans a panel statement through the same read-only gate as SQL over HTTP and runs it.
 async fn collect(
     ctx: &SessionContext,
+    known: &BTreeSet<String>,
     name: &str,
     sql: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let df = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| EngineError::Internal(format!("panel {name} does not plan: {e}")))?;
+    let (df, _) = plan_read_only(ctx, sql, known).await.map_err(|e| match e {
+        // Parameters are values: a statement that does not plan or is refused is our bug.
+        EngineError::Sql(m) | EngineError::Refused(m) => {
+            EngineError::Internal(format!("panel {name} does not plan: {m}"))
+        }
+        other => other,
+    })?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(EngineError::from_execution)?;
     Ok((schema, batches))
@@ -656,6 +708,49 @@ mod tests {
             assert!(e.to_string().contains(needle), "{e}");
         }
         let quoted = PanelParams::parse(top, &pairs(&[("category", "it's")]), today).unwrap();
-        assert!(top.render(&quoted, true).contains("'it''s'"));
+        assert!(top
+            .render(&quoted, true)
+            .contains(&format!("X'{}'", hex::encode("it's"))));
+    }
+
+    #[test]
+    fn a_value_is_never_read_as_sql_or_as_another_placeholder() {
+        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        for panel in panels.list() {
+            let text: Vec<&str> = panel
+                .params
+                .iter()
+                .filter(|p| p.kind == ParamKind::Text)
+                .map(|p| p.name)
+                .collect();
+            for evil in [
+                "{item_type}",
+                "{current}{limit}{from}",
+                "x' OR 1=1 --",
+                "x\\' UNION SELECT user_id FROM link_clicks --",
+                "') UNION SELECT payload FROM dead_letters /*",
+            ] {
+                let given: Vec<(&str, &str)> = text.iter().map(|k| (*k, evil)).collect();
+                let p = PanelParams::parse(panel, &pairs(&given), today).unwrap();
+                for sql in [Some(panel.render(&p, true)), panel.render_fallback(&p)]
+                    .into_iter()
+                    .flatten()
+                {
+                    assert!(!sql.contains(evil), "{}: {sql}", panel.name);
+                    assert!(!sql.contains("user_id FROM"), "{}", panel.name);
+                    assert!(
+                        !sql.contains('{'),
+                        "{}: a placeholder is left: {sql}",
+                        panel.name
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            render_placeholders("a {x} {y} {z} {x", |n| (n == "x")
+                .then(|| "{y}".to_string())),
+            "a {y} {y} {z} {x"
+        );
     }
 }

@@ -5,7 +5,8 @@ use arrow::datatypes::SchemaRef;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::catalog::{QueryLimits, Snapshot};
-use crate::readonly::plan_read_only;
+use crate::readonly::{is_deterministic, is_explain, plan_read_only};
+use crate::redact::Redactor;
 use crate::{Catalog, EngineError, Result, Storage};
 
 /// One read-only statement planned on one snapshot of the catalog.
@@ -15,6 +16,12 @@ pub struct PlannedQuery {
     pub df: DataFrame,
     /// `table@version` of every table it reads: the cache key's and the ETag's part.
     pub versions: Vec<String>,
+    /// Whether its answer may be cached by `versions`: it reads at least one table, only
+    /// versioned tables of the catalog (not `strata_tables`, `information_schema` or a
+    /// generator), and calls only deterministic functions (no `now()`, `random()`).
+    pub cacheable: bool,
+    /// For EXPLAIN: strips the storage location from the plan text it returns.
+    pub redactor: Option<Redactor>,
 }
 
 impl PlannedQuery {
@@ -28,11 +35,20 @@ impl PlannedQuery {
         let known = snapshot.tables.keys().cloned().collect();
         let (df, read) = plan_read_only(&ctx, sql, &known).await?;
         let versions = snapshot.versions_of(read.iter().map(String::as_str));
+        let plan = df.logical_plan();
+        let explain = is_explain(plan);
+        let cacheable = !explain
+            && !read.is_empty()
+            && read.iter().all(|t| snapshot.tables.contains_key(t))
+            && is_deterministic(plan);
+        let redactor = explain.then(|| Redactor::for_root(catalog.storage().root()));
         Ok(Self {
             snapshot,
             ctx,
             df,
             versions,
+            cacheable,
+            redactor,
         })
     }
 

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, Float64Array, Int64Array};
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
@@ -29,12 +29,64 @@ use datafusion::prelude::SessionContext;
 
 pub(crate) type DfResult<T> = std::result::Result<T, DataFusionError>;
 
+/// Bytes that do not decode as a sketch: a rollup column written by something else, or any
+/// binary value a query passes. The SQL function that read them names itself in the error
+/// ([`NotASketch::in_function`]); the bytes are never quoted (user data, and possibly large).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotASketch {
+    /// "HLL" or "latency".
+    kind: &'static str,
+    reason: String,
+}
+
+impl NotASketch {
+    fn hll(reason: impl Into<String>) -> Self {
+        Self {
+            kind: "HLL",
+            reason: reason.into(),
+        }
+    }
+
+    fn latency(reason: impl Into<String>) -> Self {
+        Self {
+            kind: "latency",
+            reason: reason.into(),
+        }
+    }
+
+    /// The user's mistake, as `function` reports it.
+    pub fn in_function(&self, function: &str) -> DataFusionError {
+        DataFusionError::Execution(format!("{function}: the argument is {self}"))
+    }
+}
+
+impl std::fmt::Display for NotASketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not a Strata {} sketch ({})", self.kind, self.reason)
+    }
+}
+
+impl std::error::Error for NotASketch {}
+
+impl From<NotASketch> for DataFusionError {
+    fn from(e: NotASketch) -> Self {
+        DataFusionError::Execution(e.to_string())
+    }
+}
+
 const P: u32 = 12;
 /// Sketches written before precision 12 (tags 0 and 1) are folded down when read.
 const OLD_P: u32 = 14;
+const TAG_OLD_DENSE: u8 = 0;
+const TAG_OLD_SPARSE: u8 = 1;
 const TAG_DENSE: u8 = 2;
 const TAG_SPARSE: u8 = 3;
 const M: usize = 1 << P;
+const OLD_M: usize = 1 << OLD_P;
+/// The highest rank a 64-bit hash gives at precision 12 (and at 14): a register read from bytes
+/// above it means the bytes are not a sketch we wrote.
+const MAX_RANK: u8 = (64 - P + 1) as u8;
+const OLD_MAX_RANK: u8 = (64 - OLD_P + 1) as u8;
 /// Past this many non-zero registers a sketch goes dense: merging into a dense sketch is a
 /// plain max per register, which is what makes range queries over many daily sketches fast.
 const SPARSE_MAX: usize = M / 16;
@@ -179,61 +231,117 @@ impl Hll {
         }
     }
 
-    pub fn from_bytes(b: &[u8]) -> DfResult<Self> {
+    pub fn from_bytes(b: &[u8]) -> Result<Self, NotASketch> {
         let mut h = Self::default();
         h.merge_serialized(b)?;
         Ok(h)
     }
 
     /// Merges a serialized sketch straight into this one (no intermediate sketch): the hot
-    /// path of `hll_merge` over many daily rows.
-    pub fn merge_serialized(&mut self, b: &[u8]) -> DfResult<()> {
-        let old_m = 1usize << OLD_P;
-        match b.split_first() {
-            Some((&TAG_DENSE, regs)) if regs.len() == M => max_registers(self.make_dense(), regs),
-            Some((&TAG_SPARSE, pairs)) if pairs.len().is_multiple_of(3) => {
-                for c in pairs.chunks_exact(3) {
-                    self.set(u16::from_le_bytes([c[0], c[1]]) & (M as u16 - 1), c[2]);
+    /// path of `hll_merge` over many daily rows. The bytes are checked whole before any
+    /// register changes, so on an error this sketch is as it was.
+    pub fn merge_serialized(&mut self, b: &[u8]) -> Result<(), NotASketch> {
+        let Some((&tag, body)) = b.split_first() else {
+            return Err(NotASketch::hll("it is empty"));
+        };
+        match tag {
+            TAG_DENSE => {
+                check_dense(body, M, MAX_RANK)?;
+                max_registers(self.make_dense(), body);
+            }
+            TAG_SPARSE => {
+                for &[lo, hi, rank] in sparse_entries(body, M, MAX_RANK)? {
+                    // Checked above: index under M, so it fits a u16 and the dense array.
+                    if rank > 0 {
+                        self.set(u16::from_le_bytes([lo, hi]), rank);
+                    }
                 }
             }
             // Precision 14 sketches: fold each register into precision 12.
-            Some((0, regs)) if regs.len() == old_m => {
-                for (i, &r) in regs.iter().enumerate() {
+            TAG_OLD_DENSE => {
+                check_dense(body, OLD_M, OLD_MAX_RANK)?;
+                for (i, &r) in (0..=u16::MAX).zip(body) {
                     if r > 0 {
-                        let (idx, rank) = fold(i as u16, r);
+                        let (idx, rank) = fold(i, r);
                         self.set(idx, rank);
                     }
                 }
             }
-            Some((1, pairs)) if pairs.len().is_multiple_of(3) => {
-                for c in pairs.chunks_exact(3) {
-                    let (idx, rank) =
-                        fold(u16::from_le_bytes([c[0], c[1]]) & (old_m as u16 - 1), c[2]);
-                    self.set(idx, rank);
+            TAG_OLD_SPARSE => {
+                for &[lo, hi, rank] in sparse_entries(body, OLD_M, OLD_MAX_RANK)? {
+                    if rank > 0 {
+                        let (idx, rank) = fold(u16::from_le_bytes([lo, hi]), rank);
+                        self.set(idx, rank);
+                    }
                 }
             }
-            _ => {
-                return Err(DataFusionError::Execution(
-                    "not a Strata HLL sketch (bad header or length)".into(),
-                ))
-            }
+            _ => return Err(NotASketch::hll("unknown format tag")),
         }
         Ok(())
     }
 }
 
+/// Checks a dense body: one register per byte, none above the highest rank.
+fn check_dense(body: &[u8], registers: usize, max_rank: u8) -> Result<(), NotASketch> {
+    if body.len() != registers {
+        return Err(NotASketch::hll(format!(
+            "a dense sketch of this format has {registers} registers, not {}",
+            body.len()
+        )));
+    }
+    // A max over all, not a search for the first bad one: it vectorises, and it runs on every
+    // dense row `hll_merge` reads.
+    if body.iter().fold(0, |hi, &r| hi.max(r)) > max_rank {
+        return Err(NotASketch::hll(format!(
+            "a register holds a rank above {max_rank}"
+        )));
+    }
+    Ok(())
+}
+
+/// The (u16 index, u8 rank) entries of a sparse body, once each index is under `registers`
+/// and each rank at most `max_rank`.
+fn sparse_entries(body: &[u8], registers: usize, max_rank: u8) -> Result<&[[u8; 3]], NotASketch> {
+    let (entries, rest) = body.as_chunks::<3>();
+    if !rest.is_empty() {
+        return Err(NotASketch::hll(format!(
+            "a sparse sketch is 3-byte entries, and {} bytes is not a whole number of them",
+            body.len()
+        )));
+    }
+    for &[lo, hi, rank] in entries {
+        if usize::from(u16::from_le_bytes([lo, hi])) >= registers {
+            return Err(NotASketch::hll(format!(
+                "a register index is past the last register ({})",
+                registers - 1
+            )));
+        }
+        if rank > max_rank {
+            return Err(NotASketch::hll(format!(
+                "a register holds a rank above {max_rank}"
+            )));
+        }
+    }
+    Ok(entries)
+}
+
 /// `dst[i] = max(dst[i], src[i])`, eight registers at a time. Registers are under 128 (a rank
-/// is at most 53), so per byte `(a | 0x80) - b` never borrows from its neighbour and keeps its
-/// top bit exactly when `a >= b`. The hot loop of `hll_merge`; written so it is fast without
-/// relying on the optimiser to vectorise it.
+/// is at most 53, and `merge_serialized` checks that of what it reads), so per byte
+/// `(a | 0x80) - b` never borrows from its neighbour and keeps its top bit exactly when
+/// `a >= b`. The hot loop of `hll_merge`; written so it is fast without relying on the
+/// optimiser to vectorise it.
 fn max_registers(dst: &mut [u8], src: &[u8]) {
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
-        let a = u64::from_le_bytes(d.try_into().expect("8 bytes"));
-        let b = u64::from_le_bytes(s.try_into().expect("8 bytes")) & !HIGH;
+    let (dst, _) = dst.as_chunks_mut::<8>();
+    let (src, _) = src.as_chunks::<8>();
+    for (d, s) in dst.iter_mut().zip(src) {
+        let a = u64::from_le_bytes(*d);
+        let b = u64::from_le_bytes(*s) & !HIGH;
+        // The top byte of `a | HIGH` is at least 0x80 and that of `b` at most 0x7f: no
+        // overflow, whatever the registers hold.
         let a_ge_b = ((a | HIGH) - b) & HIGH;
         let mask = (a_ge_b >> 7) * 0xff;
-        d.copy_from_slice(&((a & mask) | (b & !mask)).to_le_bytes());
+        *d = ((a & mask) | (b & !mask)).to_le_bytes();
     }
 }
 
@@ -260,7 +368,8 @@ fn fold(idx14: u16, rank14: u8) -> (u16, u8) {
     let rank = if dropped != 0 {
         (dropped.leading_zeros() - (16 - shift)) as u8 + 1
     } else {
-        rank14 + shift as u8
+        // Ranks read from bytes are checked to be at most 51 first; saturating all the same.
+        rank14.saturating_add(shift as u8)
     };
     (idx14 >> shift, rank)
 }
@@ -311,7 +420,7 @@ impl PartialEq for LatencySketch {
 impl LatencySketch {
     pub fn insert(&mut self, v: f64) {
         if v <= 0.0 || v.is_nan() {
-            self.zeros += 1;
+            self.zeros = self.zeros.saturating_add(1);
             return;
         }
         // Latencies are whole milliseconds: their buckets come from a table, computed once
@@ -324,9 +433,11 @@ impl LatencySketch {
         self.add(idx, 1);
     }
 
+    /// Counts saturate: one sketch read from bytes never counts past `u64::MAX`
+    /// (`merge_serialized` checks), but a merge of several such sketches could.
     fn add(&mut self, idx: i16, n: u64) {
         if idx == i16::MIN {
-            self.zeros += n;
+            self.zeros = self.zeros.saturating_add(n);
             return;
         }
         let idx = idx.clamp(-MAX_BUCKET, MAX_BUCKET);
@@ -344,7 +455,7 @@ impl LatencySketch {
         if at >= self.counts.len() {
             self.counts.resize(at + 1, 0);
         }
-        self.counts[at] += n;
+        self.counts[at] = self.counts[at].saturating_add(n);
     }
 
     /// Non-empty buckets in order, the zero bucket first.
@@ -367,8 +478,11 @@ impl LatencySketch {
         }
     }
 
+    /// The number of values (at most `u64::MAX`: counts saturate).
     pub fn count(&self) -> u64 {
-        self.zeros + self.counts.iter().sum::<u64>()
+        self.counts
+            .iter()
+            .fold(self.zeros, |total, &c| total.saturating_add(c))
     }
 
     /// The value at quantile `q` (0..=1), within 1% relative error; None when empty.
@@ -378,9 +492,10 @@ impl LatencySketch {
             return None;
         }
         let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
-        let mut seen = 0;
+        // Saturating in the order `count` adds: the last bucket reaches `n`, so `rank`.
+        let mut seen = 0u64;
         for (i, c) in self.buckets() {
-            seen += c;
+            seen = seen.saturating_add(c);
             if seen >= rank {
                 if i == i16::MIN {
                     return Some(0.0);
@@ -405,22 +520,35 @@ impl LatencySketch {
         }
     }
 
-    pub fn from_bytes(b: &[u8]) -> DfResult<Self> {
+    pub fn from_bytes(b: &[u8]) -> Result<Self, NotASketch> {
         let mut s = Self::default();
         s.merge_serialized(b)?;
         Ok(s)
     }
 
-    fn merge_serialized(&mut self, b: &[u8]) -> DfResult<()> {
-        if !b.len().is_multiple_of(10) {
-            return Err(DataFusionError::Execution(
-                "not a Strata latency sketch (bad length)".into(),
-            ));
+    /// `(i16 bucket, u64 count)*`, little-endian. Buckets past ±`MAX_BUCKET` go to the last
+    /// one, as when inserting. The bytes are checked whole before any count changes, so on an
+    /// error this sketch is as it was.
+    pub fn merge_serialized(&mut self, b: &[u8]) -> Result<(), NotASketch> {
+        let (buckets, rest) = b.as_chunks::<10>();
+        if !rest.is_empty() {
+            return Err(NotASketch::latency(format!(
+                "a sketch is 10-byte buckets, and {} bytes is not a whole number of them",
+                b.len()
+            )));
         }
-        for c in b.chunks_exact(10) {
-            let i = i16::from_le_bytes([c[0], c[1]]);
-            let n = u64::from_le_bytes(c[2..10].try_into().expect("8 bytes"));
-            self.add(i, n);
+        buckets
+            .iter()
+            .try_fold(0u64, |total, &[_, _, n @ ..]| {
+                total.checked_add(u64::from_le_bytes(n))
+            })
+            .ok_or_else(|| NotASketch::latency("its counts add up past 2^64 values"))?;
+        for &[lo, hi, n @ ..] in buckets {
+            let n = u64::from_le_bytes(n);
+            // An empty bucket is never written; reading one would only widen the dense array.
+            if n > 0 {
+                self.add(i16::from_le_bytes([lo, hi]), n);
+            }
         }
         Ok(())
     }
@@ -438,7 +566,8 @@ trait Sketch: Default + Send + Sync + std::fmt::Debug + 'static {
         f: impl FnMut(usize, Self::Item) -> DfResult<()>,
     ) -> DfResult<()>;
     fn add_item(&mut self, item: Self::Item);
-    fn merge_bytes(&mut self, b: &[u8]) -> DfResult<()>;
+    /// Merges a serialized sketch; on an error the sketch is as it was.
+    fn merge_bytes(&mut self, b: &[u8]) -> Result<(), NotASketch>;
     fn write_bytes(&self, out: &mut Vec<u8>);
     fn heap_size(&self) -> usize;
 
@@ -461,7 +590,7 @@ impl Sketch for Hll {
     fn add_item(&mut self, h: u64) {
         self.insert_hash(h);
     }
-    fn merge_bytes(&mut self, b: &[u8]) -> DfResult<()> {
+    fn merge_bytes(&mut self, b: &[u8]) -> Result<(), NotASketch> {
         self.merge_serialized(b)
     }
     fn write_bytes(&self, out: &mut Vec<u8>) {
@@ -480,10 +609,7 @@ impl Sketch for LatencySketch {
         mut f: impl FnMut(usize, f64) -> DfResult<()>,
     ) -> DfResult<()> {
         let values = arrow::compute::cast(values, &DataType::Float64)?;
-        let values = values
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("cast to Float64");
+        let values = as_float64(&values)?;
         for (row, v) in values.iter().enumerate() {
             if let Some(v) = v {
                 f(row, v)?;
@@ -494,7 +620,7 @@ impl Sketch for LatencySketch {
     fn add_item(&mut self, v: f64) {
         self.insert(v);
     }
-    fn merge_bytes(&mut self, b: &[u8]) -> DfResult<()> {
+    fn merge_bytes(&mut self, b: &[u8]) -> Result<(), NotASketch> {
         self.merge_serialized(b)
     }
     fn write_bytes(&self, out: &mut Vec<u8>) {
@@ -508,6 +634,8 @@ impl Sketch for LatencySketch {
 /// Accumulates raw values (`from_values`) or serialized sketches into one sketch.
 #[derive(Debug, Default)]
 struct SketchAccumulator<S: Sketch> {
+    /// The SQL function, for errors.
+    name: &'static str,
     sketch: S,
     from_values: bool,
 }
@@ -521,7 +649,7 @@ impl<S: Sketch> Accumulator for SketchAccumulator<S> {
                 Ok(())
             })
         } else {
-            merge_binary(&mut self.sketch, &values[0])
+            merge_binary(self.name, &mut self.sketch, &values[0])
         }
     }
 
@@ -538,12 +666,21 @@ impl<S: Sketch> Accumulator for SketchAccumulator<S> {
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        merge_binary(&mut self.sketch, &states[0])
+        merge_binary(self.name, &mut self.sketch, &states[0])
     }
 }
 
-fn merge_binary<S: Sketch>(sketch: &mut S, arr: &ArrayRef) -> DfResult<()> {
-    for_each_bytes(arr, &DataType::Binary, |_, b| sketch.merge_bytes(b))
+fn merge_binary<S: Sketch>(name: &str, sketch: &mut S, arr: &ArrayRef) -> DfResult<()> {
+    for_each_bytes(arr, &DataType::Binary, |_, b| {
+        sketch.merge_bytes(b).map_err(|e| e.in_function(name))
+    })
+}
+
+/// A `Float64` array as such (what a cast to `Float64` returns).
+fn as_float64(arr: &ArrayRef) -> DfResult<&Float64Array> {
+    arr.as_primitive_opt::<Float64Type>().ok_or_else(|| {
+        DataFusionError::Internal(format!("expected a Float64 array, got {}", arr.data_type()))
+    })
 }
 
 /// Calls `f(row, bytes)` for every non-null value of a string or binary array, whatever its
@@ -642,6 +779,8 @@ impl<'a> RowStates<'a> {
 /// item rollup (millions of groups, most with one or two visitors) cheap.
 #[derive(Debug)]
 struct SketchGroups<S: Sketch> {
+    /// The SQL function, for errors.
+    name: &'static str,
     from_values: bool,
     groups: Vec<S>,
     /// Heap bytes held by the sketches, kept up to date per row so `size` is O(1).
@@ -649,8 +788,9 @@ struct SketchGroups<S: Sketch> {
 }
 
 impl<S: Sketch> SketchGroups<S> {
-    fn new(from_values: bool) -> Self {
+    fn new(name: &'static str, from_values: bool) -> Self {
         Self {
+            name,
             from_values,
             groups: Vec::new(),
             heap: 0,
@@ -666,7 +806,7 @@ impl<S: Sketch> SketchGroups<S> {
         from_values: bool,
     ) -> DfResult<()> {
         self.groups.resize_with(total_num_groups, S::default);
-        let (groups, heap) = (&mut self.groups, &mut self.heap);
+        let (name, groups, heap) = (self.name, &mut self.groups, &mut self.heap);
         let keep = |row: usize| !filtered_out(filter, row);
         if from_values {
             S::for_each_item(values, |row, item| {
@@ -683,7 +823,7 @@ impl<S: Sketch> SketchGroups<S> {
                 if keep(row) {
                     let g = &mut groups[group_indices[row]];
                     let before = g.heap_size();
-                    g.merge_bytes(b)?;
+                    g.merge_bytes(b).map_err(|e| e.in_function(name))?;
                     *heap = *heap + g.heap_size() - before;
                 }
                 Ok(())
@@ -827,6 +967,7 @@ impl<S: Sketch> AggregateUDFImpl for SketchUdaf<S> {
 
     fn accumulator(&self, _args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
         Ok(Box::new(SketchAccumulator::<S> {
+            name: self.name,
             sketch: S::default(),
             from_values: self.from_values,
         }))
@@ -848,7 +989,10 @@ impl<S: Sketch> AggregateUDFImpl for SketchUdaf<S> {
         &self,
         _args: AccumulatorArgs,
     ) -> DfResult<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(SketchGroups::<S>::new(self.from_values)))
+        Ok(Box::new(SketchGroups::<S>::new(
+            self.name,
+            self.from_values,
+        )))
     }
 }
 
@@ -891,19 +1035,7 @@ pub fn register(ctx: &SessionContext) {
         "hll_count",
         Signature::uniform(1, inputs(&DataType::Binary), Volatility::Immutable),
         DataType::Int64,
-        Arc::new(|args: &[ColumnarValue]| {
-            let arrays = ColumnarValue::values_to_arrays(args)?;
-            let arr = arrow::compute::cast(&arrays[0], &DataType::Binary)?;
-            let arr = arr.as_binary::<i32>();
-            let out: Int64Array = arr
-                .iter()
-                .map(|b| {
-                    b.map(|b| Hll::from_bytes(b).map(|h| h.estimate() as i64))
-                        .transpose()
-                })
-                .collect::<DfResult<_>>()?;
-            Ok(ColumnarValue::Array(Arc::new(out)))
-        }),
+        Arc::new(hll_count),
     )));
     ctx.register_udf(ScalarUDF::from(SimpleScalarUDF::new_with_signature(
         "latency_quantile",
@@ -915,26 +1047,76 @@ pub fn register(ctx: &SessionContext) {
             Volatility::Immutable,
         ),
         DataType::Float64,
-        Arc::new(|args: &[ColumnarValue]| {
-            let arrays = ColumnarValue::values_to_arrays(args)?;
-            let sketches = arrow::compute::cast(&arrays[0], &DataType::Binary)?;
-            let sketches = sketches.as_binary::<i32>();
-            let qs = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
-            let qs = qs
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .expect("cast to Float64");
-            let out: Float64Array = sketches
-                .iter()
-                .zip(qs.iter())
-                .map(|(b, q)| match (b, q) {
-                    (Some(b), Some(q)) => LatencySketch::from_bytes(b).map(|s| s.quantile(q)),
-                    _ => Ok(None),
-                })
-                .collect::<DfResult<_>>()?;
-            Ok(ColumnarValue::Array(Arc::new(out)))
-        }),
+        Arc::new(latency_quantile),
     )));
+}
+
+/// `hll_count(sketch)`: the estimated number of distinct values.
+fn hll_count(args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
+    const NAME: &str = "hll_count";
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let [sketches] = arrays.as_slice() else {
+        return Err(wrong_arity(NAME, 1, arrays.len()));
+    };
+    let sketches = arrow::compute::cast(sketches, &DataType::Binary)?;
+    let out: Int64Array = as_binary(&sketches)?
+        .iter()
+        .map(|b| {
+            b.map(|b| {
+                Hll::from_bytes(b)
+                    // Far past any real count, but a sketch of all-high ranks estimates more
+                    // than an i64 holds.
+                    .map(|h| i64::try_from(h.estimate()).unwrap_or(i64::MAX))
+                    .map_err(|e| e.in_function(NAME))
+            })
+            .transpose()
+        })
+        .collect::<DfResult<_>>()?;
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+/// `latency_quantile(sketch, q)`: the value at quantile `q` (0..=1), NULL for an empty sketch.
+fn latency_quantile(args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
+    const NAME: &str = "latency_quantile";
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let [sketches, qs] = arrays.as_slice() else {
+        return Err(wrong_arity(NAME, 2, arrays.len()));
+    };
+    let sketches = arrow::compute::cast(sketches, &DataType::Binary)?;
+    let qs = arrow::compute::cast(qs, &DataType::Float64)?;
+    let out: Float64Array = as_binary(&sketches)?
+        .iter()
+        .zip(as_float64(&qs)?.iter())
+        .map(|(b, q)| {
+            let Some(q) = q else { return Ok(None) };
+            // Also refuses NaN, which no range contains.
+            if !(0.0..=1.0).contains(&q) {
+                return Err(DataFusionError::Execution(format!(
+                    "{NAME}: the quantile must be between 0 and 1, got {q}"
+                )));
+            }
+            b.map(|b| {
+                LatencySketch::from_bytes(b)
+                    .map(|s| s.quantile(q))
+                    .map_err(|e| e.in_function(NAME))
+            })
+            .transpose()
+            .map(Option::flatten)
+        })
+        .collect::<DfResult<_>>()?;
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+/// A `Binary` array as such (what a cast to `Binary` returns).
+fn as_binary(arr: &ArrayRef) -> DfResult<&arrow::array::BinaryArray> {
+    arr.as_binary_opt::<i32>().ok_or_else(|| {
+        DataFusionError::Internal(format!("expected a Binary array, got {}", arr.data_type()))
+    })
+}
+
+/// The signature rules this out; a direct call could still get it wrong.
+fn wrong_arity(function: &str, want: usize, got: usize) -> DataFusionError {
+    DataFusionError::Internal(format!("{function} takes {want} argument(s), got {got}"))
 }
 
 #[cfg(test)]
@@ -1036,7 +1218,7 @@ mod tests {
         let (a, b) = values.split_at(1500);
         let a: ArrayRef = Arc::new(StringArray::from(a.to_vec()));
         let b: ArrayRef = Arc::new(StringViewArray::from(b.to_vec()));
-        let mut acc = SketchGroups::<Hll>::new(true);
+        let mut acc = SketchGroups::<Hll>::new("hll_sketch", true);
         acc.update_batch(std::slice::from_ref(&a), &groups[..1500], None, 3)
             .unwrap();
         acc.update_batch(std::slice::from_ref(&b), &groups[1500..], None, 3)
@@ -1058,7 +1240,7 @@ mod tests {
         }
 
         // Skipped partial aggregation: states per row, merged by a final accumulator.
-        let mut fin = SketchGroups::<Hll>::new(false);
+        let mut fin = SketchGroups::<Hll>::new("hll_merge", false);
         for (arr, gi) in [(&a, &groups[..1500]), (&b, &groups[1500..])] {
             let state = acc
                 .convert_to_state(std::slice::from_ref(arr), None)
@@ -1078,7 +1260,7 @@ mod tests {
                 .map(|i| (i % 5 != 0).then_some(i % 2 == 0))
                 .collect::<Vec<_>>(),
         );
-        let mut filtered = SketchGroups::<Hll>::new(true);
+        let mut filtered = SketchGroups::<Hll>::new("hll_sketch", true);
         filtered
             .update_batch(std::slice::from_ref(&a), &groups[..1500], Some(&filter), 3)
             .unwrap();
@@ -1102,5 +1284,442 @@ mod tests {
         max_registers(&mut d, &b);
         let want: Vec<u8> = a.iter().zip(&b).map(|(x, y)| *x.max(y)).collect();
         assert_eq!(d, want);
+    }
+
+    /// Any bytes a query passes where a sketch goes: an error that names the function and
+    /// quotes nothing, never a panic, an overflow or an allocation the bytes size.
+    mod malformed {
+        use super::*;
+        use arrow::array::BinaryArray;
+        use arrow::datatypes::Int64Type;
+        use arrow::record_batch::RecordBatch;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// An edit to a valid sketch's bytes; positions are taken modulo the length.
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Flip { at: usize, bit: u8 },
+            Set { at: usize, to: u8 },
+            Truncate { at: usize },
+            Extend(Vec<u8>),
+            Remove { at: usize },
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                (any::<usize>(), 0..8u8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
+                (any::<usize>(), any::<u8>()).prop_map(|(at, to)| Mutation::Set { at, to }),
+                any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+                vec(any::<u8>(), 1..32).prop_map(Mutation::Extend),
+                any::<usize>().prop_map(|at| Mutation::Remove { at }),
+            ]
+        }
+
+        fn mutate(mut b: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+            for m in mutations {
+                let len = b.len();
+                match m {
+                    Mutation::Flip { at, bit } if len > 0 => b[at % len] ^= 1u8 << *bit,
+                    Mutation::Set { at, to } if len > 0 => b[at % len] = *to,
+                    Mutation::Truncate { at } => b.truncate(at % (len + 1)),
+                    Mutation::Extend(more) => b.extend_from_slice(more),
+                    Mutation::Remove { at } if len > 0 => {
+                        b.remove(at % len);
+                    }
+                    _ => {}
+                }
+            }
+            b
+        }
+
+        /// Plain noise: mostly short, sometimes up to 64 KiB.
+        fn noise() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                3 => vec(any::<u8>(), 0..64),
+                1 => vec(any::<u8>(), 0..65_536),
+            ]
+        }
+
+        fn with_tag(tag: u8, body: &[u8]) -> Vec<u8> {
+            let mut b = Vec::with_capacity(body.len() + 1);
+            b.push(tag);
+            b.extend_from_slice(body);
+            b
+        }
+
+        fn sparse_entry(registers: usize, max_rank: u8) -> impl Strategy<Value = [u8; 3]> {
+            // `registers` is 4,096 or 16,384: it fits a u16.
+            (0..registers as u16, 0..=max_rank).prop_map(|(i, rank)| {
+                let [lo, hi] = i.to_le_bytes();
+                [lo, hi, rank]
+            })
+        }
+
+        /// Valid bytes of each HLL encoding.
+        fn hll_valid() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                vec(0..=MAX_RANK, M).prop_map(|r| with_tag(TAG_DENSE, &r)),
+                vec(0..=OLD_MAX_RANK, OLD_M).prop_map(|r| with_tag(TAG_OLD_DENSE, &r)),
+                vec(sparse_entry(M, MAX_RANK), 0..600)
+                    .prop_map(|e| with_tag(TAG_SPARSE, &e.concat())),
+                vec(sparse_entry(OLD_M, OLD_MAX_RANK), 0..600)
+                    .prop_map(|e| with_tag(TAG_OLD_SPARSE, &e.concat())),
+                vec(any::<u64>(), 0..600).prop_map(|hashes| {
+                    let mut h = Hll::default();
+                    hashes.into_iter().for_each(|x| h.insert_hash(x));
+                    h.to_bytes()
+                }),
+            ]
+        }
+
+        /// Noise, a known tag before noise, and valid sketches with a few edits (or none).
+        fn hll_like() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                1 => noise(),
+                1 => (0..=4u8, vec(any::<u8>(), 0..64)).prop_map(|(t, b)| with_tag(t, &b)),
+                4 => (hll_valid(), vec(mutation(), 0..4)).prop_map(|(b, m)| mutate(b, &m)),
+            ]
+        }
+
+        fn latency_value() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                0.0..1e5f64,
+                (0..70_000u32).prop_map(f64::from),
+                any::<f64>(),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(-1.0),
+            ]
+        }
+
+        /// Valid latency sketches, and `(bucket, count)` lists with buckets past the range
+        /// and counts up to `u64::MAX` (which add up past it).
+        fn latency_shaped() -> impl Strategy<Value = Vec<u8>> {
+            let bucket = prop_oneof![-2_100..=2_100i16, Just(i16::MIN), any::<i16>()];
+            let count = prop_oneof![
+                8 => 1..1_000u64,
+                1 => any::<u64>(),
+                1 => Just(u64::MAX),
+                1 => Just(0u64),
+            ];
+            prop_oneof![
+                vec(latency_value(), 0..400).prop_map(|values| {
+                    let mut s = LatencySketch::default();
+                    values.into_iter().for_each(|v| s.insert(v));
+                    s.to_bytes()
+                }),
+                vec((bucket, count), 0..400).prop_map(|buckets| {
+                    buckets
+                        .into_iter()
+                        .flat_map(|(i, n)| i.to_le_bytes().into_iter().chain(n.to_le_bytes()))
+                        .collect::<Vec<u8>>()
+                }),
+            ]
+        }
+
+        fn latency_like() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                1 => noise(),
+                3 => (latency_shaped(), vec(mutation(), 0..4)).prop_map(|(b, m)| mutate(b, &m)),
+            ]
+        }
+
+        /// The error names the function and does not quote the bytes (in any form: it is short).
+        fn clean_error(e: &DataFusionError, function: &str, b: &[u8]) -> Result<(), TestCaseError> {
+            let msg = e.to_string();
+            prop_assert!(msg.contains(&format!("{function}: ")), "{}", msg);
+            prop_assert!(msg.len() < 300, "{}", msg);
+            // Long enough that its hex in the message would be no coincidence.
+            if b.len() >= 8 {
+                prop_assert!(
+                    !msg.to_ascii_lowercase().contains(&hex::encode(b)),
+                    "{}",
+                    msg
+                );
+            }
+            Ok(())
+        }
+
+        /// `hll_merge` as DataFusion runs it: with and without GROUP BY, bad rows leaving the
+        /// groups as they were (so emitting them after the error is fine).
+        fn merge_aggregates<S: Sketch>(
+            name: &'static str,
+            valid_row: &[u8],
+            b: &[u8],
+        ) -> Result<(), TestCaseError> {
+            let column: ArrayRef =
+                Arc::new(BinaryArray::from(vec![Some(b), None, Some(valid_row)]));
+            let mut groups = SketchGroups::<S>::new(name, false);
+            if let Err(e) = groups.update_batch(std::slice::from_ref(&column), &[0, 1, 1], None, 2)
+            {
+                clean_error(&e, name, b)?;
+            }
+            prop_assert_eq!(groups.evaluate(EmitTo::All)?.len(), 2);
+            prop_assert_eq!(groups.heap, 0);
+            let mut one = SketchAccumulator::<S> {
+                name,
+                sketch: S::default(),
+                from_values: false,
+            };
+            if let Err(e) = one.update_batch(std::slice::from_ref(&column)) {
+                clean_error(&e, name, b)?;
+            }
+            if let Err(e) = one.merge_batch(std::slice::from_ref(&column)) {
+                clean_error(&e, name, b)?;
+            }
+            one.evaluate()?;
+            Ok(())
+        }
+
+        fn check_hll(b: &[u8]) -> Result<(), TestCaseError> {
+            match Hll::from_bytes(b) {
+                Ok(h) => {
+                    // What is read writes back readable, and holds only real registers.
+                    prop_assert_eq!(Hll::from_bytes(&h.to_bytes()), Ok(h.clone()));
+                    match &h {
+                        Hll::Dense(d) => {
+                            prop_assert_eq!(d.len(), M);
+                            prop_assert!(d.iter().all(|&r| r <= MAX_RANK));
+                        }
+                        Hll::Sparse(s) => {
+                            let valid = s.iter().all(|&e| {
+                                (e >> 8) < M as u32 && (1..=MAX_RANK).contains(&(e as u8))
+                            });
+                            prop_assert!(valid)
+                        }
+                    }
+                    h.estimate();
+                }
+                Err(e) => clean_error(&e.in_function("hll_merge"), "hll_merge", b)?,
+            }
+            // Into a sparse and a dense sketch: merged, or left as it was.
+            let mut sparse = Hll::default();
+            sparse.insert(b"a");
+            let mut dense = Hll::default();
+            (0..2_000u32).for_each(|i| dense.insert(&i.to_le_bytes()));
+            for mut base in [sparse, dense] {
+                let before = base.clone();
+                match base.merge_serialized(b) {
+                    Ok(()) => {
+                        base.estimate();
+                    }
+                    Err(_) => prop_assert_eq!(&base, &before),
+                }
+            }
+            let arg = ColumnarValue::Scalar(ScalarValue::Binary(Some(b.to_vec())));
+            if let Err(e) = hll_count(&[arg]) {
+                clean_error(&e, "hll_count", b)?;
+            }
+            merge_aggregates::<Hll>("hll_merge", &[TAG_SPARSE], b)
+        }
+
+        fn check_latency(b: &[u8]) -> Result<(), TestCaseError> {
+            match LatencySketch::from_bytes(b) {
+                Ok(s) => {
+                    prop_assert_eq!(LatencySketch::from_bytes(&s.to_bytes()), Ok(s.clone()));
+                    prop_assert!(s.counts.len() <= 2 * MAX_BUCKET as usize + 1);
+                    s.count();
+                    for q in [0.0, 0.5, 1.0] {
+                        prop_assert_eq!(s.quantile(q).is_some(), s.count() > 0);
+                    }
+                }
+                Err(e) => clean_error(&e.in_function("latency_merge"), "latency_merge", b)?,
+            }
+            // Into a sketch that is nearly full: merged (counts saturate), or left as it was.
+            let mut full = LatencySketch::default();
+            full.add(0, u64::MAX - 1);
+            full.insert(0.0);
+            for mut base in [LatencySketch::default(), full] {
+                let before = base.clone();
+                match base.merge_serialized(b) {
+                    Ok(()) => {
+                        base.count();
+                        base.quantile(0.99);
+                    }
+                    Err(_) => prop_assert_eq!(&base, &before),
+                }
+            }
+            let args = [
+                ColumnarValue::Scalar(ScalarValue::Binary(Some(b.to_vec()))),
+                ColumnarValue::Scalar(ScalarValue::Float64(Some(0.5))),
+            ];
+            if let Err(e) = latency_quantile(&args) {
+                clean_error(&e, "latency_quantile", b)?;
+            }
+            merge_aggregates::<LatencySketch>("latency_merge", &[], b)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn hll_bytes_never_panic(b in hll_like()) {
+                check_hll(&b)?;
+            }
+
+            #[test]
+            fn latency_bytes_never_panic(b in latency_like()) {
+                check_latency(&b)?;
+            }
+
+            #[test]
+            fn quantile_must_be_between_0_and_1(
+                q in prop_oneof![
+                    any::<f64>(),
+                    -0.5..1.5f64,
+                    Just(f64::NAN),
+                    Just(f64::INFINITY),
+                    Just(f64::NEG_INFINITY),
+                    Just(0.0),
+                    Just(-0.0),
+                    Just(1.0),
+                    Just(1.0 + f64::EPSILON),
+                ]
+            ) {
+                let mut s = LatencySketch::default();
+                (1..=100).for_each(|v| s.insert(f64::from(v)));
+                let args = [
+                    ColumnarValue::Scalar(ScalarValue::Binary(Some(s.to_bytes()))),
+                    ColumnarValue::Scalar(ScalarValue::Float64(Some(q))),
+                ];
+                match latency_quantile(&args) {
+                    Ok(ColumnarValue::Array(a)) => {
+                        prop_assert!((0.0..=1.0).contains(&q), "{}", q);
+                        let v = a.as_primitive::<Float64Type>().value(0);
+                        prop_assert!((0.9..=102.0).contains(&v), "q={} v={}", q, v);
+                    }
+                    Ok(ColumnarValue::Scalar(v)) => {
+                        return Err(TestCaseError::fail(format!("a scalar, not an array: {v}")));
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        prop_assert!(!(0.0..=1.0).contains(&q), "{}", q);
+                        prop_assert!(
+                            msg.contains("latency_quantile: the quantile must be between 0 and 1"),
+                            "{}",
+                            msg
+                        );
+                    }
+                }
+            }
+        }
+
+        async fn run(ctx: &SessionContext, sql: &str) -> DfResult<Vec<RecordBatch>> {
+            ctx.sql(sql).await?.collect().await
+        }
+
+        #[tokio::test]
+        async fn corrupt_literals_in_sql_are_errors_that_do_not_quote_them() {
+            let ctx = SessionContext::new();
+            register(&ctx);
+            // Valid sketches answer, so the errors below are about the bytes: register 1 at
+            // rank 42, and one value in bucket 0 (values in (1/1.02, 1]).
+            let one = "X'00000100000000000000'";
+            let valid = run(
+                &ctx,
+                &format!("SELECT hll_count(X'0301002A'), latency_quantile({one}, 0.5)"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(valid[0].column(0).as_primitive::<Int64Type>().value(0), 1);
+            let median = valid[0].column(1).as_primitive::<Float64Type>().value(0);
+            assert!((median - 0.99).abs() < 0.01, "{median}");
+
+            let hll = "the argument is not a Strata HLL sketch (";
+            let latency = "the argument is not a Strata latency sketch (";
+            let quantile = "latency_quantile: the quantile must be between 0 and 1";
+            let cases = [
+                (
+                    "SELECT hll_count(X'00')".to_string(),
+                    "00",
+                    format!("hll_count: {hll}"),
+                ),
+                (
+                    "SELECT hll_count(X'FFFFFFFF')".to_string(),
+                    "ffffffff",
+                    format!("hll_count: {hll}"),
+                ),
+                // Tag 2 (dense) with 2 registers; tag 3 (sparse) with an index past 4,095, a
+                // rank past 53, a cut entry.
+                (
+                    "SELECT hll_count(X'02FFFF')".to_string(),
+                    "02ffff",
+                    format!("hll_count: {hll}"),
+                ),
+                (
+                    "SELECT hll_count(X'03FFFF01')".to_string(),
+                    "03ffff01",
+                    format!("hll_count: {hll}"),
+                ),
+                (
+                    "SELECT hll_count(X'03010036')".to_string(),
+                    "03010036",
+                    format!("hll_count: {hll}"),
+                ),
+                (
+                    "SELECT hll_count(X'0301000102')".to_string(),
+                    "0301000102",
+                    format!("hll_count: {hll}"),
+                ),
+                (
+                    "SELECT latency_quantile(X'0102030405', 0.5)".to_string(),
+                    "0102030405",
+                    format!("latency_quantile: {latency}"),
+                ),
+                // Two buckets of u64::MAX values each.
+                (
+                    "SELECT latency_quantile(\
+                     X'0000FFFFFFFFFFFFFFFF0100FFFFFFFFFFFFFFFF', 0.5)"
+                        .to_string(),
+                    "0000ffffffffffffffff0100ffffffffffffffff",
+                    format!("latency_quantile: {latency}"),
+                ),
+                (
+                    format!("SELECT latency_quantile({one}, 1.5)"),
+                    "",
+                    quantile.to_string(),
+                ),
+                (
+                    format!("SELECT latency_quantile({one}, -0.1)"),
+                    "",
+                    quantile.to_string(),
+                ),
+                (
+                    format!("SELECT latency_quantile({one}, CAST('NaN' AS DOUBLE))"),
+                    "",
+                    quantile.to_string(),
+                ),
+                (
+                    "SELECT hll_count(hll_merge(s)) FROM (VALUES (X'03'), (X'03FFFF01')) AS t(s)"
+                        .to_string(),
+                    "03ffff01",
+                    format!("hll_merge: {hll}"),
+                ),
+                (
+                    "SELECT g, hll_count(hll_merge(s)) \
+                     FROM (VALUES (1, X'03'), (2, X'02FFFF')) AS t(g, s) GROUP BY g"
+                        .to_string(),
+                    "02ffff",
+                    format!("hll_merge: {hll}"),
+                ),
+                (
+                    format!(
+                        "SELECT latency_quantile(latency_merge(s), 0.5) \
+                         FROM (VALUES ({one}), (X'0102030405')) AS t(s)"
+                    ),
+                    "0102030405",
+                    format!("latency_merge: {latency}"),
+                ),
+            ];
+            for (sql, input, want) in cases {
+                let err = run(&ctx, &sql).await.expect_err(&sql).to_string();
+                assert!(err.contains(&want), "{sql}: {err}");
+                assert!(
+                    input.is_empty() || !err.to_ascii_lowercase().contains(input),
+                    "{sql}: {err}"
+                );
+            }
+        }
     }
 }

@@ -4,13 +4,15 @@ use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use strata_schemas::{dead_letter_schema, EventKind, DEAD_LETTERS_TABLE, PARTITION_COLUMN};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::writer::writer_properties;
 use crate::{EngineError, Result, Storage};
@@ -119,6 +121,26 @@ pub struct TxnUpdate {
     pub expected: Option<i64>,
     /// The next offset to consume after this commit.
     pub next: i64,
+}
+
+/// The `txn` app id of the GDPR tombstone marker in every raw table: its version is the
+/// `gdpr_tombstones` version that commits after it were filtered with (see
+/// [`EventTable::append_filtered`]).
+pub const TOMBSTONE_MARKER_APP_ID: &str = "strata-gdpr-tombstones";
+
+/// Commit attempts an append makes when other commits keep landing first.
+const MAX_CONFLICT_RETRIES: u32 = 50;
+
+/// What an append of filtered rows came to.
+#[derive(Debug, Clone)]
+pub enum RawAppend {
+    Committed(AppendOutcome),
+    /// A purge has committed a newer tombstone marker than the tombstones the rows were
+    /// filtered with: nothing was committed.
+    StaleTombstones {
+        marker: i64,
+        filtered_with: i64,
+    },
 }
 
 /// What an append did.
@@ -291,23 +313,68 @@ impl EventTable {
     /// `expected`; otherwise another writer has taken the partition over and nothing is
     /// committed ([`EngineError::Fenced`]). A concurrent commit touching the same app id
     /// makes Delta's conflict check fail; the check is then repeated on the new state.
+    ///
+    /// Rows that can hold a data subject and come from outside (ingest) go through
+    /// [`EventTable::append_filtered`] instead, which is also fenced by GDPR purges.
     pub async fn append(
         &mut self,
         batches: &[RecordBatch],
         txns: &[TxnUpdate],
     ) -> Result<AppendOutcome> {
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let mut adds = Vec::new();
-        if rows > 0 {
-            let batch = self.sorted(batches)?;
-            let mut writer = RecordBatchWriter::for_table(&self.table)?
-                .with_writer_properties(writer_properties(&self.spec));
-            writer.write(batch).await?;
-            adds = writer.flush().await?;
+        match self.commit_append(batches, txns, None).await? {
+            RawAppend::Committed(done) => Ok(done),
+            RawAppend::StaleTombstones { .. } => Err(EngineError::Internal(
+                "an append without a tombstone fence was fenced by tombstones".into(),
+            )),
         }
-        let files = adds.len();
-        let bytes = adds.iter().map(|a| a.size).sum();
-        let app_ids: Vec<String> = txns.iter().map(|t| t.app_id.clone()).collect();
+    }
+
+    /// [`EventTable::append`] of rows that ingest filtered with the GDPR tombstones of
+    /// `gdpr_tombstones` version `tombstones` (None: no tombstone table yet), fenced against
+    /// purges.
+    ///
+    /// A purge writes its tombstones (version T), then commits the marker
+    /// `txn(`[`TOMBSTONE_MARKER_APP_ID`]`, T)` to every raw table, and only then scans the
+    /// table (a snapshot at or after the marker) and rewrites it. This commit carries the same
+    /// app id (with the version it was filtered with, so the marker never goes down), and is
+    /// refused ([`RawAppend::StaleTombstones`], nothing committed, no file left behind) when
+    /// the stored marker is newer than `tombstones`: the caller reloads the tombstones,
+    /// filters again and retries.
+    ///
+    /// Why nothing of a purged subject can slip in: Delta orders commits, and delta-rs's
+    /// conflict checker fails a commit when any commit that landed after its read snapshot
+    /// carries a `txn` of an app id the commit itself carries (`ConcurrentTransaction`), so the
+    /// marker check below and this commit act as one step. Either this commit lands before the
+    /// marker: then the purge's scan, which starts after the marker, sees these rows and
+    /// removes them; or it lands after the marker: then it saw the marker (directly, or after
+    /// a conflict sent it round the loop again) and was filtered with tombstones at least as
+    /// new as T, which drop the subject.
+    pub async fn append_filtered(
+        &mut self,
+        batches: &[RecordBatch],
+        txns: &[TxnUpdate],
+        tombstones: Option<u64>,
+    ) -> Result<RawAppend> {
+        // Version 0 of `gdpr_tombstones` is its creation commit, which holds no tombstone:
+        // the same filter as no table at all.
+        let filtered_with = tombstones.map_or(0, |v| v as i64);
+        self.commit_append(batches, txns, Some(filtered_with)).await
+    }
+
+    async fn commit_append(
+        &mut self,
+        batches: &[RecordBatch],
+        txns: &[TxnUpdate],
+        filtered_with: Option<i64>,
+    ) -> Result<RawAppend> {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let mut app_ids: Vec<String> = txns.iter().map(|t| t.app_id.clone()).collect();
+        if filtered_with.is_some() {
+            app_ids.push(TOMBSTONE_MARKER_APP_ID.to_string());
+        }
+        // Written once the fences first pass, kept across conflict retries.
+        let mut adds: Option<Vec<Add>> = None;
+        let mut uncertain = false;
         let mut retries = 0;
         loop {
             self.refresh().await?;
@@ -315,6 +382,9 @@ impl EventTable {
             for t in txns {
                 let found = stored.get(&t.app_id).copied().flatten();
                 if found != t.expected {
+                    if !uncertain {
+                        self.discard(adds.as_deref()).await;
+                    }
                     return Err(EngineError::Fenced {
                         app_id: t.app_id.clone(),
                         expected: t.expected,
@@ -322,12 +392,36 @@ impl EventTable {
                     });
                 }
             }
+            let mut app_txns: Vec<(String, i64)> =
+                txns.iter().map(|t| (t.app_id.clone(), t.next)).collect();
+            if let Some(filtered) = filtered_with {
+                let marker = stored.get(TOMBSTONE_MARKER_APP_ID).copied().flatten();
+                if let Some(marker) = marker.filter(|m| *m > filtered) {
+                    if !uncertain {
+                        self.discard(adds.as_deref()).await;
+                    }
+                    return Ok(RawAppend::StaleTombstones {
+                        marker,
+                        filtered_with: filtered,
+                    });
+                }
+                // Never lower the marker (it is at most `filtered` here).
+                app_txns.push((
+                    TOMBSTONE_MARKER_APP_ID.to_string(),
+                    marker.map_or(filtered, |m| m.max(filtered)),
+                ));
+            }
+            if adds.is_none() {
+                adds = Some(self.write_files(batches, rows).await?);
+            }
+            let files = adds.as_deref().unwrap_or_default();
             let now = chrono::Utc::now().timestamp_millis();
-            let actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
+            let actions: Vec<Action> = files.iter().cloned().map(Action::Add).collect();
             let props = CommitProperties::default()
                 .with_application_transactions(
-                    txns.iter()
-                        .map(|t| Transaction::new_with_last_update(&t.app_id, t.next, Some(now)))
+                    app_txns
+                        .iter()
+                        .map(|(id, v)| Transaction::new_with_last_update(id, *v, Some(now)))
                         .collect(),
                 )
                 .with_max_retries(20);
@@ -344,20 +438,53 @@ impl EventTable {
             match committed {
                 Ok(done) => {
                     let version = done.version();
+                    let (files, bytes) = (files.len(), files.iter().map(|a| a.size).sum());
                     self.table.update_state().await?;
-                    return Ok(AppendOutcome {
+                    return Ok(RawAppend::Committed(AppendOutcome {
                         version,
                         rows,
                         files,
                         bytes,
                         retries,
-                    });
+                    }));
                 }
-                Err(DeltaTableError::Transaction { source }) if retries < 20 => {
+                // Another commit landed first (another partition's writer, a purge's marker
+                // or rewrite): check the fences again on the new state. Writers that carry
+                // the marker app id conflict with each other too, hence the generous limit.
+                Err(DeltaTableError::Transaction { source }) if retries < MAX_CONFLICT_RETRIES => {
                     debug!(table = self.spec.name, error = %source, "commit conflict, checking fences again");
+                    // Only a conflict proves that nothing was written; after any other
+                    // failure the files may be part of a commit and are never deleted.
+                    uncertain |= !matches!(source, TransactionError::CommitConflict(_));
                     retries += 1;
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The Parquet files of `batches` (none when they hold no row), written but not committed.
+    async fn write_files(&self, batches: &[RecordBatch], rows: usize) -> Result<Vec<Add>> {
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let batch = self.sorted(batches)?;
+        let mut writer = RecordBatchWriter::for_table(&self.table)?
+            .with_writer_properties(writer_properties(&self.spec));
+        writer.write(batch).await?;
+        Ok(writer.flush().await?)
+    }
+
+    /// Deletes files written for a commit that will not happen: no reader reaches them, and
+    /// no purge would find the rows they hold.
+    async fn discard(&self, adds: Option<&[Add]>) {
+        let store = self.table.object_store();
+        for add in adds.unwrap_or_default() {
+            let path = Path::parse(&add.path).unwrap_or_else(|_| Path::from(add.path.as_str()));
+            if let Err(e) = store.delete(&path).await {
+                if !matches!(e, object_store::Error::NotFound { .. }) {
+                    warn!(table = self.spec.name, error = %e, "deleting an uncommitted file failed");
+                }
             }
         }
     }

@@ -1,24 +1,31 @@
 //! One flush: decode every pending message, drop retries, keep rejects, and commit
 //! dead letters first, then each event table, each commit carrying its partitions' offsets.
+//! Rows and dead letters of purged subjects are dropped right before each commit, with the
+//! tombstones that commit is fenced on (see `tombstone.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use arrow::array::{Array, BooleanArray, StringArray};
+use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
-use strata_engine::{EngineError, EventTable, TxnUpdate};
+use strata_engine::{AppendOutcome, EngineError, EventTable, RawAppend, TxnUpdate};
 use strata_schemas::{DeadLetter, DeadLetterBuilder, EventDecoder, EventKind, RawMessage};
 use tracing::{debug, info, warn};
 
 use crate::dedupe::uuid_key;
 use crate::partition::PartitionState;
+use crate::tombstone::TombstoneFilter;
 use crate::{IngestError, IngestMetrics, Result};
+
+/// Times one commit may come back because a purge started since its rows were filtered
+/// (each time means one more purge meanwhile).
+const MAX_TOMBSTONE_RELOADS: u32 = 20;
 
 /// The tables ingest writes.
 pub(crate) struct Tables {
     pub(crate) events: HashMap<EventKind, EventTable>,
     pub(crate) dead_letters: EventTable,
-    pub(crate) tombstones: crate::tombstone::TombstoneFilter,
+    pub(crate) tombstones: TombstoneFilter,
 }
 
 impl Tables {
@@ -51,22 +58,18 @@ impl Tables {
     }
 }
 
-/// What one event table gets in a flush: rows, the offsets they advance, the indexes of the
-/// partitions involved, and (partition index, event id) of each row, in row order, for the
-/// retry window.
-type TableCommit = (
-    Vec<arrow::array::RecordBatch>,
-    Vec<TxnUpdate>,
-    Vec<usize>,
-    Vec<(usize, u128)>,
-);
+/// What one event table gets in a flush: rows (before the tombstone filter), the offsets they
+/// advance, the indexes of the partitions involved, and (partition index, event id) of each
+/// row, in row order, for the retry window.
+type TableCommit = (RecordBatch, Vec<TxnUpdate>, Vec<usize>, Vec<(usize, u128)>);
 
 #[derive(Debug, Default)]
 pub(crate) struct FlushOutcome {
     pub(crate) rows: u64,
     pub(crate) rejected: u64,
     pub(crate) duplicates: u64,
-    /// Events of purged subjects that occurred before the purge (dropped, counted).
+    /// Events and dead letters of purged subjects that occurred before the purge (dropped,
+    /// counted).
     pub(crate) tombstoned: u64,
     /// Partitions another consumer has advanced: their pending messages were dropped and
     /// they must be re-initialised from the table.
@@ -83,7 +86,7 @@ pub(crate) async fn flush(
     let started = Instant::now();
     let mut out = FlushOutcome::default();
     let now_us = chrono::Utc::now().timestamp_micros();
-    let mut letters = DeadLetterBuilder::default();
+    let mut letters: Vec<DeadLetter> = Vec::new();
     let mut dlq_txns = Vec::new();
     let mut per_kind: HashMap<EventKind, TableCommit> = HashMap::new();
     tables.tombstones.refresh().await;
@@ -142,14 +145,6 @@ pub(crate) async fn flush(
             .with_label_values(&[kind.table()])
             .inc_by(dups);
         out.duplicates += dups;
-        let (batch, tombstoned) = tables.tombstones.apply(batch)?;
-        if tombstoned > 0 {
-            metrics
-                .tombstoned
-                .with_label_values(&[kind.table()])
-                .inc_by(tombstoned);
-            out.tombstoned += tombstoned;
-        }
 
         let mut rejected_here = 0u64;
         let mut dlq_parts: HashSet<usize> = HashSet::new();
@@ -208,15 +203,33 @@ pub(crate) async fn flush(
                 next: parts[m].position,
             })
             .collect();
-        per_kind.insert(kind, (vec![batch], txns, members, fresh_ids));
+        per_kind.insert(kind, (batch, txns, members, fresh_ids));
     }
 
     // Dead letters first: if we crash before the event commit, the replay skips them.
     if !letters.is_empty() {
-        let batch = letters.finish();
         let txns: Vec<TxnUpdate> = dlq_txns.iter().map(|(_, t)| t.clone()).collect();
-        match tables.dead_letters.append(&[batch], &txns).await {
-            Ok(done) => {
+        let committed = commit_filtered(
+            &mut tables.dead_letters,
+            &mut tables.tombstones,
+            &txns,
+            |tombstones| {
+                let mut kept = DeadLetterBuilder::default();
+                let mut dropped = 0;
+                for l in &letters {
+                    if tombstones.keeps_letter(l.key.as_deref(), &l.payload) {
+                        kept.push(l.clone());
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                Ok((kept.finish(), dropped))
+            },
+        )
+        .await;
+        match committed {
+            Ok((done, tombstoned)) => {
+                count_tombstoned(metrics, &mut out, "dead_letters", tombstoned);
                 metrics.commit_retries.inc_by(done.retries as u64);
                 metrics
                     .flushed_rows
@@ -230,7 +243,7 @@ pub(crate) async fn flush(
                     parts[*m].dlq_next = Some(t.next);
                 }
             }
-            Err(EngineError::Fenced { app_id, .. }) => {
+            Err(IngestError::Engine(EngineError::Fenced { app_id, .. })) => {
                 warn!(%app_id, table = "dead_letters", "partition owned by another consumer; re-reading it");
                 metrics.fenced.inc();
                 for p in parts.iter_mut() {
@@ -241,14 +254,22 @@ pub(crate) async fn flush(
                 }
                 return Ok(out);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 
-    for (kind, (batches, txns, members, fresh_ids)) in per_kind {
-        let table = tables.event(kind);
-        match table.append(&batches, &txns).await {
-            Ok(done) => {
+    for (kind, (batch, txns, members, fresh_ids)) in per_kind {
+        let table = tables
+            .events
+            .get_mut(&kind)
+            .expect("a table is opened for every bound kind");
+        let committed = commit_filtered(table, &mut tables.tombstones, &txns, |tombstones| {
+            tombstones.apply(batch.clone())
+        })
+        .await;
+        match committed {
+            Ok((done, tombstoned)) => {
+                count_tombstoned(metrics, &mut out, kind.table(), tombstoned);
                 metrics.commit_retries.inc_by(done.retries as u64);
                 metrics
                     .flushed_rows
@@ -280,11 +301,11 @@ pub(crate) async fn flush(
                     parts[m].pending.clear();
                 }
             }
-            Err(EngineError::Fenced {
+            Err(IngestError::Engine(EngineError::Fenced {
                 app_id,
                 expected,
                 found,
-            }) => {
+            })) => {
                 warn!(%app_id, ?expected, ?found, table = kind.table(), "partition owned by another consumer; re-reading it");
                 metrics.fenced.inc();
                 for &m in &members {
@@ -293,7 +314,7 @@ pub(crate) async fn flush(
                     p.pending.clear();
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     let elapsed = started.elapsed();
@@ -308,4 +329,47 @@ pub(crate) async fn flush(
         );
     }
     Ok(out)
+}
+
+/// Commits what `filter` keeps with the tombstones it is given, fenced on their version; when
+/// a purge has started since (its marker is newer), reloads them and filters again. Returns the
+/// append and how many rows the filter dropped in the committed attempt.
+async fn commit_filtered(
+    table: &mut EventTable,
+    tombstones: &mut TombstoneFilter,
+    txns: &[TxnUpdate],
+    filter: impl Fn(&TombstoneFilter) -> Result<(RecordBatch, u64)>,
+) -> Result<(AppendOutcome, u64)> {
+    for _ in 0..MAX_TOMBSTONE_RELOADS {
+        let (batch, dropped) = filter(&*tombstones)?;
+        match table
+            .append_filtered(&[batch], txns, tombstones.version())
+            .await?
+        {
+            RawAppend::Committed(done) => return Ok((done, dropped)),
+            RawAppend::StaleTombstones {
+                marker,
+                filtered_with,
+            } => {
+                debug!(
+                    table = table.name(),
+                    marker,
+                    filtered_with,
+                    "a purge started since these rows were filtered; filtering them again"
+                );
+                tombstones.reload().await?;
+            }
+        }
+    }
+    Err(IngestError::Internal(format!(
+        "{}: purges kept starting while a flush was filtering its rows",
+        table.name()
+    )))
+}
+
+fn count_tombstoned(metrics: &IngestMetrics, out: &mut FlushOutcome, table: &str, n: u64) {
+    if n > 0 {
+        metrics.tombstoned.with_label_values(&[table]).inc_by(n);
+        out.tombstoned += n;
+    }
 }

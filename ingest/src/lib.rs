@@ -13,6 +13,12 @@
 //! are still the ones this process started from; if another process has taken a partition
 //! over, the commit is abandoned and the partition re-read from the table's offsets.
 //!
+//! GDPR: events and dead letters of purged subjects that occurred before the purge request are
+//! dropped (tombstones). The tombstone version a batch was filtered with rides in its commit
+//! (`txn` app id `strata-gdpr-tombstones`); a purge that started since makes the commit come
+//! back, and the flush reloads the tombstones, filters again and retries (see
+//! `strata_engine::EventTable::append_filtered`).
+//!
 //! Producer retries: the same `event_id` sent twice lands in the same partition (the key is
 //! the subject id). Each partition keeps a window of the most recent event ids (default
 //! 200,000), restored from the table on assignment, and a repeated id is counted and dropped.

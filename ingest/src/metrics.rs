@@ -47,7 +47,7 @@ impl IngestMetrics {
         let duplicates = counter_vec("duplicates_total", "Producer retries dropped.", &["table"])?;
         let tombstoned = counter_vec(
             "tombstoned_total",
-            "Events of purged subjects dropped (they occurred before the purge request).",
+            "Events and dead letters of purged subjects dropped (they occurred before the purge request).",
             &["table"],
         )?;
         let flushed_rows = counter_vec("flushed_rows_total", "Rows committed.", &["table"])?;

@@ -32,7 +32,8 @@ pub struct IngestReport {
     pub rows_committed: u64,
     pub rejected: u64,
     pub duplicates: u64,
-    /// Events of purged subjects dropped (they occurred before the purge request).
+    /// Events and dead letters of purged subjects dropped (they occurred before the purge
+    /// request).
     pub tombstoned: u64,
     pub flushes: u64,
     pub fenced: u64,

@@ -4,42 +4,41 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use serde_json::json;
 use strata_engine::gdpr::{GdprRequest, RequestKind, RequestStatus, RequestStore, Subject};
 use tracing::{info, warn};
 
-use crate::auth::Scope;
+use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::{caller, routes, AppState};
+use crate::{routes, AppState};
 
 pub async fn post_export(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    submit(state, headers, body, RequestKind::Export).await
+    submit(state, who, body, RequestKind::Export).await
 }
 
 pub async fn post_purge(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    submit(state, headers, body, RequestKind::Purge).await
+    submit(state, who, body, RequestKind::Purge).await
 }
 
+/// `who` was authenticated, and its `gdpr` scope checked, by `auth::authorize`.
 async fn submit(
     state: AppState,
-    headers: HeaderMap,
+    who: Caller,
     body: Bytes,
     kind: RequestKind,
 ) -> Result<Response, ApiError> {
-    let who = caller(&state, &headers)?;
-    who.require(Scope::Gdpr)?;
     let subject: Subject = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "bad_body",
@@ -101,10 +100,8 @@ pub async fn resume(state: &AppState) -> Result<usize, ApiError> {
 
 pub async fn get_request(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers)?.require(Scope::Gdpr)?;
     let store = RequestStore::new(state.catalog.storage());
     let req = store
         .get(&id)
@@ -115,10 +112,8 @@ pub async fn get_request(
 
 pub async fn get_export_file(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers)?.require(Scope::Gdpr)?;
     let store = RequestStore::new(state.catalog.storage());
     let req = store
         .get(&id)

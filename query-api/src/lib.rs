@@ -1,15 +1,18 @@
 //! The HTTP API: SQL over HTTP, panels, health, metrics, OpenAPI and the dashboard page.
 //!
 //! ```text
-//! client --HTTP--> [ query-api: auth (bearer, scopes, rate limit) -> route ] --> engine: Catalog / Panels / ResultCache
+//! client --HTTP--> [ query-api: http (connection cap, header/body deadlines) -> observe -> json_errors
+//!                    -> authorize (route scope, bearer, token and peer rate limits) -> route ] --> engine: Catalog / Panels / ResultCache
 //!                   /v1/sql (streamed formats)   /v1/panels (JSON, ETag)   /v1/gdpr (durable requests)
 //!                   /metrics /healthz /readyz /v1/openapi.json   / (dashboard)
 //! ```
 
+mod admission;
 pub mod auth;
 mod encode;
 mod error;
 pub mod gdpr;
+mod http;
 mod metrics;
 mod openapi;
 mod panels;
@@ -19,7 +22,7 @@ mod sql;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -32,7 +35,11 @@ use tracing::info;
 pub use auth::{new_token, Auth, Scope, TokenEntry};
 pub use encode::Format;
 pub use error::ApiError;
+pub use http::HttpLimits;
 pub use metrics::ApiMetrics;
+
+/// The largest request body the API takes.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Limits every query served over HTTP runs under.
 #[derive(Debug, Clone)]
@@ -42,6 +49,15 @@ pub struct ApiLimits {
     /// How old a catalog snapshot may be before a request refreshes it.
     pub max_age: Duration,
     pub query: QueryLimits,
+    /// Queries (SQL and panel computations) running at once; the rest wait up to `queue_wait`,
+    /// then get 503 with Retry-After.
+    pub max_queries: usize,
+    pub queue_wait: Duration,
+    /// Memory all running queries of the server share; each query may take at most
+    /// `query.memory_bytes` of it.
+    pub server_memory_bytes: usize,
+    /// Connections, header and body deadlines, and the per-address rate limit.
+    pub http: HttpLimits,
 }
 
 impl Default for ApiLimits {
@@ -54,6 +70,10 @@ impl Default for ApiLimits {
                 memory_bytes: Some(1 << 30),
                 ..QueryLimits::default()
             },
+            max_queries: 16,
+            queue_wait: Duration::from_secs(2),
+            server_memory_bytes: 4 << 30,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -69,6 +89,10 @@ pub struct AppState {
     pub metrics: Arc<ApiMetrics>,
     pub registry: prometheus::Registry,
     running: Arc<sql::Running>,
+    /// Slots of the queries that may run at once.
+    admission: Arc<admission::Admission>,
+    /// Buckets of the client addresses that have not shown a valid token.
+    peers: Arc<auth::PeerLimiter>,
     /// GDPR requests run one at a time.
     gdpr_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -82,11 +106,24 @@ impl AppState {
         registry: prometheus::Registry,
     ) -> Result<Self, ApiError> {
         let metrics = ApiMetrics::new(&registry).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut limits = limits;
+        // One pool for every query of this server; each query's limit is its share of it.
+        limits.query.server_pool = Some(strata_engine::memory::server_pool(
+            limits.server_memory_bytes.max(1),
+        ));
         Ok(Self {
+            admission: Arc::new(admission::Admission::new(
+                limits.max_queries,
+                limits.queue_wait,
+            )),
             panels: Arc::new(Panels::new(cache.clone())?),
             catalog,
             cache,
             auth: Arc::new(auth),
+            peers: Arc::new(crate::auth::PeerLimiter::new(
+                limits.http.peer_rate_per_sec,
+                limits.http.peer_burst,
+            )),
             limits: Arc::new(limits),
             metrics: Arc::new(metrics),
             registry,
@@ -120,19 +157,44 @@ pub fn router(state: AppState) -> Router {
         .route(routes::GDPR_REQUEST, get(gdpr::get_request))
         .route(routes::GDPR_EXPORT_FILE, get(gdpr::get_export_file))
         .fallback(not_found)
+        // Layers run bottom-up, each after routing (so they see the matched route), and all
+        // before the handler's extractors read the body.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, under `state.limits.http`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.limits.http.clone();
+    http::serve_connections(listener, router(state), &limits, shutdown).await
+}
+
+/// A body declared bigger than [`MAX_BODY_BYTES`] is refused before a byte of it is read;
+/// `DefaultBodyLimit` covers the bodies that declare no length (chunked).
+async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return ApiError::PayloadTooLarge(format!(
+            "the request body may be at most {MAX_BODY_BYTES} bytes"
+        ))
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Latency by route and panel, errors by code, and one log line per request (never the SQL
@@ -143,13 +205,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    // Only known panel names become label values: the path is the client's to choose.
     let panel = if route == routes::PANEL {
-        req.uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string()
+        let name = req.uri().path().rsplit('/').next().unwrap_or("");
+        if state.panels.get(name).is_ok() {
+            name.to_string()
+        } else {
+            "unknown".to_string()
+        }
     } else {
         String::new()
     };

@@ -19,7 +19,7 @@ impl ApiMetrics {
         let requests = HistogramVec::new(
             HistogramOpts::new(
                 "strata_http_request_duration_seconds",
-                "Time to answer a request (to the first byte of a streamed body), by route and panel.",
+                "Time to answer a request (to the first byte of a streamed body), by route (`unmatched` for none), panel (a known panel name or `unknown`) and status.",
             )
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -7,13 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::auth::Scope;
 use crate::encode::rows_json;
 use crate::error::ApiError;
-use crate::{caller, AppState};
+use crate::AppState;
 
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    caller(&state, &headers)?.require(Scope::Panels)?;
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let panels: Vec<_> = state.panels.list().collect();
     Ok(Json(json!({ "panels": panels })).into_response())
 }
@@ -24,7 +22,6 @@ pub async fn get(
     Path(name): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers)?.require(Scope::Panels)?;
     let params = state.panels.parse_params(&name, &pairs)?;
     let limits = &state.limits;
     if let Some(tag) = headers
@@ -41,6 +38,8 @@ pub async fn get(
             return Ok(resp);
         }
     }
+    // A panel computation is a query: it takes one of the server's query slots.
+    let _slot = state.admission.admit().await?;
     let result = tokio::time::timeout(
         limits.timeout,
         state.panels.run(

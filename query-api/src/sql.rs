@@ -18,10 +18,9 @@ use strata_engine::{CachedResult, EngineError, PlannedQuery};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::auth::Scope;
 use crate::encode::{Encoder, Format};
 use crate::error::ApiError;
-use crate::{caller, AppState};
+use crate::AppState;
 
 /// Results up to this size are kept in the cache.
 const CACHE_RESULT_BYTES: usize = 8 << 20;
@@ -105,8 +104,6 @@ pub async fn get_sql(
     headers: HeaderMap,
     Query(params): Query<SqlParams>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&state, &headers)?;
-    caller.require(Scope::Sql)?;
     let sql = params
         .q
         .ok_or_else(|| ApiError::bad_request("missing_sql", "give the statement as `q`"))?;
@@ -119,8 +116,6 @@ pub async fn post_sql(
     Query(params): Query<SqlParams>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&state, &headers)?;
-    caller.require(Scope::Sql)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -146,11 +141,8 @@ pub async fn post_sql(
 
 pub async fn delete_query(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&state, &headers)?;
-    caller.require(Scope::Sql)?;
     if state.running.cancel(&id) {
         info!(query_id = %id, "query cancelled by request");
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -178,80 +170,74 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let format = choose_format(headers, format)?;
     let limits = &state.limits;
-    // A client may name its query (to cancel it before the first byte arrives).
-    let query_id = match headers
-        .get("x-strata-query-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
-        {
-            id.to_string()
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "bad_query_id",
-                "x-strata-query-id must be 1-64 letters, digits, `-` or `_`",
-            ))
-        }
-        None => uuid::Uuid::new_v4().to_string(),
-    };
+    let query_id = query_id(headers)?;
     let started = Instant::now();
-    let snapshot = state.catalog.fresh_snapshot(limits.max_age).await?;
-    let planned = PlannedQuery::plan(&state.catalog, &sql, &limits.query, snapshot).await?;
+    // One deadline for everything: waiting for a slot, planning, optimising, the first batch,
+    // and streaming to a client that may stop reading.
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let timed_out = || {
+        ApiError::Timeout(format!(
+            "the query ran past its {} s limit; narrow it or use the rollups",
+            limits.timeout.as_secs()
+        ))
+    };
+    let slot = state.admission.admit().await?;
+    let planned = tokio::time::timeout_at(deadline, async {
+        let snapshot = state.catalog.fresh_snapshot(limits.max_age).await?;
+        PlannedQuery::plan(&state.catalog, &sql, &limits.query, snapshot).await
+    })
+    .await
+    .map_err(|_| timed_out())??;
     let schema = planned.schema();
-    let key = format!("sql\n{sql}\n{}", planned.versions.join(","));
     let versions = planned.versions.join(",");
+    let key = planned.cacheable.then(|| format!("sql\n{sql}\n{versions}"));
+    let redactor = planned.redactor.clone();
 
     let (guard, mut cancel) = state.running.start(&query_id)?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let mut encoder =
         Encoder::new(format, &schema).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let cached = state.cache.get(&key);
-    let cache_header = if cached.is_some() { "hit" } else { "miss" };
+    let cached = key.as_ref().and_then(|k| state.cache.get(k));
+    let cache_header = match (&key, &cached) {
+        (None, _) => "bypass",
+        (Some(_), Some(_)) => "hit",
+        (Some(_), None) => "miss",
+    };
     if let Some(hit) = &cached {
         state.metrics.cache_hits.inc();
+        drop(slot);
         // Served from memory; the row cap still applies.
         let batches = cap_batches(&hit.batches, limits.row_cap);
         drop(guard);
         tokio::spawn(async move {
             for b in &batches {
-                match encoder.write(b) {
-                    Ok(bytes) => {
-                        if tx.send(Ok(bytes)).await.is_err() {
-                            return;
-                        }
-                    }
+                let bytes = match encoder.write(b) {
+                    Ok(bytes) => bytes,
                     Err(e) => {
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                         return;
                     }
+                };
+                if !send_by(&tx, bytes, deadline).await {
+                    return;
                 }
             }
             if let Ok(bytes) = encoder.finish() {
-                let _ = tx.send(Ok(bytes)).await;
+                send_by(&tx, bytes, deadline).await;
             }
         });
     } else {
-        state.metrics.cache_misses.inc();
-        let mut stream = planned
-            .df
-            .execute_stream()
+        if key.is_some() {
+            state.metrics.cache_misses.inc();
+        }
+        let mut stream = tokio::time::timeout_at(deadline, planned.df.execute_stream())
             .await
+            .map_err(|_| timed_out())?
             .map_err(|e| ApiError::Engine(EngineError::from_execution(e)))?;
-        let deadline = tokio::time::Instant::now() + limits.timeout;
         // The first batch decides the status: an error before any row is sent is a proper 4xx.
         let first = tokio::select! {
             b = stream.next() => b,
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(ApiError::Timeout(format!(
-                    "the query ran past its {} s limit; narrow it or use the rollups", limits.timeout.as_secs()
-                )));
-            }
+            _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
             _ = cancel.changed() => {
                 return Err(ApiError::bad_request("cancelled", "the query was cancelled"));
             }
@@ -269,7 +255,7 @@ async fn run(
         let schema_for_cache = schema.clone();
         tokio::spawn(async move {
             let mut rows = 0usize;
-            let mut kept: Option<Vec<RecordBatch>> = Some(vec![]);
+            let mut kept: Option<Vec<RecordBatch>> = key.is_some().then(Vec::new);
             let mut kept_bytes = 0usize;
             let mut next = first;
             let mut complete = false;
@@ -284,6 +270,16 @@ async fn run(
                 } else {
                     batch
                 };
+                let batch = match &redactor {
+                    Some(r) => match r.batch(&batch) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                            break;
+                        }
+                    },
+                    None => batch,
+                };
                 rows += batch.num_rows();
                 if let Some(k) = &mut kept {
                     kept_bytes += batch.get_array_memory_size();
@@ -295,8 +291,8 @@ async fn run(
                 }
                 match encoder.write(&batch) {
                     Ok(bytes) => {
-                        if tx.send(Ok(bytes)).await.is_err() {
-                            info!(query_id = %id, "client went away; query stopped");
+                        if !send_by(&tx, bytes, deadline).await {
+                            info!(query_id = %id, "client went away or stopped reading; query stopped");
                             break;
                         }
                     }
@@ -316,19 +312,21 @@ async fn run(
                         Some(Ok(b)) => Some(b),
                         None => None,
                         Some(Err(e)) => {
-                            warn!(query_id = %id, error = %e, "query failed while streaming");
+                            // The kind only: the message may quote a data value.
+                            let e = EngineError::from_execution(e);
+                            warn!(query_id = %id, kind = e.kind(), "query failed while streaming");
                             let _ = tx.send(Err(std::io::Error::other("query failed"))).await;
                             break;
                         }
                     },
                     _ = tokio::time::sleep_until(deadline) => {
                         warn!(query_id = %id, "query ran past its time limit while streaming; cut");
-                        let _ = tx.send(Err(std::io::Error::other("query timeout"))).await;
+                        let _ = tx.try_send(Err(std::io::Error::other("query timeout")));
                         break;
                     }
                     _ = cancel.changed() => {
                         info!(query_id = %id, "query cancelled");
-                        let _ = tx.send(Err(std::io::Error::other("query cancelled"))).await;
+                        let _ = tx.try_send(Err(std::io::Error::other("query cancelled")));
                         break;
                     }
                     _ = tx.closed() => {
@@ -340,13 +338,14 @@ async fn run(
             drop(stream);
             if complete {
                 if let Ok(bytes) = encoder.finish() {
-                    let _ = tx.send(Ok(bytes)).await;
+                    send_by(&tx, bytes, deadline).await;
                 }
-                if let Some(k) = kept {
+                if let (Some(k), Some(key)) = (kept, key) {
                     cache.insert(key, CachedResult::new(schema_for_cache, Arc::new(k)));
                 }
             }
             drop(guard);
+            drop(slot);
         });
     }
     info!(
@@ -373,6 +372,42 @@ async fn run(
         h.insert("x-strata-table-versions", v);
     }
     Ok(resp)
+}
+
+/// Sends one chunk to the client unless the deadline passes first (a client that stops
+/// reading fills the channel); false when the query must stop.
+async fn send_by(
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    bytes: Bytes,
+    deadline: tokio::time::Instant,
+) -> bool {
+    matches!(
+        tokio::time::timeout_at(deadline, tx.send(Ok(bytes))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The client's name for its query (to cancel it before the first byte arrives), or a new id.
+fn query_id(headers: &HeaderMap) -> Result<String, ApiError> {
+    match headers
+        .get("x-strata-query-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            Ok(id.to_string())
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "bad_query_id",
+            "x-strata-query-id must be 1-64 letters, digits, `-` or `_`",
+        )),
+        None => Ok(uuid::Uuid::new_v4().to_string()),
+    }
 }
 
 fn cap_batches(batches: &[RecordBatch], cap: usize) -> Vec<RecordBatch> {

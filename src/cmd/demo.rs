@@ -55,6 +55,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         refresh_ms: 500,
         cache_mb: 128,
         rollup_interval_secs: args.rollup_interval_secs,
+        max_connections: 512,
+        header_timeout_secs: 10,
+        body_timeout_secs: 30,
+        peer_rate_limit: 20.0,
+        max_queries: 16,
+        queue_wait_ms: 2000,
+        server_memory_mb: 4096,
     };
     let server = Server::start(&storage, &api, api.auth(vec![])?).await?;
     let addr = server.addr;

@@ -18,7 +18,8 @@ pub enum GdprCommand {
 
 #[derive(Args, Debug)]
 pub struct SubjectArgs {
-    /// The subject's user id.
+    /// The subject's user id: 3 to 256 ASCII letters, digits, '-' or '_' (the id rule in
+    /// docs/operations/gdpr.md; at most 100 ids with the anonymous and session ids).
     #[arg(long)]
     pub subject: String,
     /// An anonymous id the request names as the subject's (repeatable).
@@ -33,16 +34,16 @@ pub struct SubjectArgs {
 }
 
 impl SubjectArgs {
+    /// The subject, checked against the id rule (docs/operations/gdpr.md) before anything
+    /// is written.
     fn subject(&self) -> anyhow::Result<Subject> {
-        anyhow::ensure!(
-            !self.subject.trim().is_empty(),
-            "--subject must not be empty"
-        );
-        Ok(Subject {
+        let subject = Subject {
             user_id: self.subject.clone(),
             anonymous_ids: self.anonymous_ids.clone(),
             session_ids: self.session_ids.clone(),
-        })
+        };
+        subject.validate()?;
+        Ok(subject)
     }
 }
 
@@ -95,6 +96,8 @@ pub async fn run(cmd: GdprCommand) -> anyhow::Result<()> {
         GdprCommand::Purge(a) => {
             let storage = Storage::open(&a.storage.options()?).await?;
             let progress = crate::progress::Progress::new("gdpr purge", 0);
+            // An incomplete purge (rows left after its rewrite rounds) is an error that says
+            // which tables still hold how many rows; running it again is harmless.
             let receipt = PurgeBuilder::new(&storage, a.who.subject()?)
                 .requested_by(&a.who.requested_by)
                 .await?;

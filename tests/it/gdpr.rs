@@ -1,5 +1,6 @@
 //! GDPR export and purge through the CLI, checked outside Strata.
 
+use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -7,11 +8,16 @@ use rdkafka::ClientConfig;
 use reqwest::header::AUTHORIZATION;
 use serde_json::Value;
 
-use super::server::{client, json, seed_root, tokens, TestServer};
+use super::server::{client, json, seed_root, tokens, TestServer, Tokens};
 use super::support::{int, python, run_ok, spawn, sql, strata, test_dir, wait_for, Tansu};
 
 fn count(storage: &[String], q: &str) -> u64 {
     int(&sql(storage, q)[0], "n")
+}
+
+/// Dead letters about `subject`: keyed by them, or naming them in the raw payload.
+pub(super) fn dead_letters_of(subject: &str) -> String {
+    format!("SELECT count(*) AS n FROM dead_letters WHERE key = '{subject}' OR regexp_like(payload, '(^|[^A-Za-z0-9_-]){subject}([^A-Za-z0-9_-]|$)')")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,10 +43,7 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
     );
     assert!(clicks_of > 0 && ai_of > 0);
     // Dead letters about them: keyed by them, or naming them in the raw payload.
-    let dead_of = count(
-        &storage,
-        &format!("SELECT count(*) AS n FROM dead_letters WHERE key = '{subject}' OR regexp_like(payload, '(^|[^A-Za-z0-9_-]){subject}([^A-Za-z0-9_-]|$)')"),
-    );
+    let dead_of = count(&storage, &dead_letters_of(&subject));
     let total = |t: &str| count(&storage, &format!("SELECT count(*) AS n FROM {t}"));
     let (clicks_before, ai_before) = (total("link_clicks"), total("ai_usage"));
 
@@ -59,6 +62,15 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
             .args(&storage),
     ))
     .unwrap();
+    // Named relative to the storage root, never by where the server keeps it.
+    assert_eq!(
+        manifest["location"],
+        format!("exports/{}/", manifest["request_id"].as_str().unwrap())
+    );
+    assert!(
+        !manifest.to_string().contains(root.to_str().unwrap()),
+        "the manifest names the storage location: {manifest}"
+    );
     let files = manifest["files"].as_array().unwrap();
     let rows_of = |name: &str| {
         files.iter().find(|f| f["name"] == name).unwrap()["rows"]
@@ -209,7 +221,8 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
     assert_eq!(v[0]["d"], 0);
     drop(server);
 
-    // Late events through Kafka: one that occurred before the request is dropped, one after is kept.
+    // Late events through Kafka: one that occurred before the request is dropped, one after is
+    // kept; a malformed one about the subject never becomes a dead letter.
     let tansu = Tansu::start(dir.path());
     run_ok(strata().args([
         "gen",
@@ -247,6 +260,29 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
             )
             .unwrap();
     }
+    let malformed = serde_json::json!({
+        "schema_version": 1, "occurred_at": (now - chrono::Duration::days(2)).to_rfc3339(),
+        "user_id": subject, "item_id": "mar-1"
+    })
+    .to_string();
+    producer
+        .send(
+            BaseRecord::to("clicks")
+                .key(subject.as_str())
+                .payload(&malformed),
+        )
+        .unwrap();
+    let last = serde_json::json!({
+        "schema_version": 1, "event_id": uuid::Uuid::new_v4().to_string(),
+        "occurred_at": (now + chrono::Duration::minutes(1)).to_rfc3339(), "user_id": subject,
+        "session_id": "late-3", "item_id": "mar-1", "item_type": "marketplace_listing",
+        "category": "home", "source": "search", "target_url": "/x"
+    })
+    .to_string();
+    // Sent last: once it is in the table, everything before it on the partition was read.
+    producer
+        .send(BaseRecord::to("clicks").key("u-bystander").payload(&last))
+        .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
     let ingest = spawn(
         strata()
@@ -269,20 +305,24 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
         || {
             count(
                 &storage,
-                "SELECT count(*) AS n FROM link_clicks WHERE session_id LIKE 'late-%'",
+                "SELECT count(*) AS n FROM link_clicks WHERE session_id = 'late-3'",
             ) >= 1
         },
     );
     let (status, report) = ingest.stop();
     assert!(status.success());
     let report: Value = serde_json::from_str(report.lines().last().unwrap()).unwrap();
-    assert_eq!(report["tombstoned"], 1, "{report}");
+    assert_eq!(
+        report["tombstoned"], 2,
+        "the late click and dead letter: {report}"
+    );
     let kept = sql(
         &storage,
-        "SELECT session_id AS s FROM link_clicks WHERE session_id LIKE 'late-%'",
+        "SELECT session_id AS s FROM link_clicks WHERE session_id LIKE 'late-%' ORDER BY s",
     );
-    assert_eq!(kept.len(), 1);
+    assert_eq!(kept.len(), 2, "{kept:?}");
     assert_eq!(kept[0]["s"], "late-2");
+    assert_eq!(count(&storage, &dead_letters_of(&subject)), 0);
     let log = std::fs::read_to_string(dir.path().join("ingest.log")).unwrap();
     assert!(!log.contains(&subject), "the ingest log names the subject");
 }
@@ -306,58 +346,119 @@ async fn wait_done(c: &reqwest::Client, server: &TestServer, token: &str, id: &s
     panic!("request {id} did not finish");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gdpr_over_http_is_durable_across_a_crash_mid_purge() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 5_000);
-    let storage = vec![
+/// Every step a purge can stop at (`STRATA_TEST_PAUSE_AT`), in order.
+const PAUSE_POINTS: [&str; 6] = [
+    "tombstone",
+    "commit:link_clicks",
+    "commit:ai_usage",
+    "commit:dead_letters",
+    "rollups",
+    "verify",
+];
+
+fn storage_args(root: &Path) -> Vec<String> {
+    vec![
         "--storage-url".to_string(),
         root.to_str().unwrap().to_string(),
-    ];
-    let subject = sql(
-        &storage,
-        "SELECT c.user_id AS u FROM link_clicks c JOIN (SELECT DISTINCT user_id FROM ai_usage) a ON c.user_id = a.user_id GROUP BY c.user_id HAVING count(*) BETWEEN 2 AND 8 ORDER BY u LIMIT 1",
-    )[0]["u"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    ]
+}
+
+/// Generated events (seed 7, 30 days to 2026-11-01) with 5% malformed messages, keyed by
+/// their subject like the good ones, so that most subjects have dead letters too; rollups run.
+fn seed_with_dead_letters(root: &Path, events: u64) {
+    run_ok(strata().args([
+        "gen",
+        "--seed",
+        "7",
+        "--events",
+        &events.to_string(),
+        "--malformed-rate",
+        "0.05",
+        "--end-date",
+        "2026-11-01",
+        "--storage-url",
+        root.to_str().unwrap(),
+    ]));
+    run_ok(strata().args(["rollup", "--storage-url", root.to_str().unwrap()]));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// What the seeded root holds, in all and of the subject.
+#[derive(Clone, Copy)]
+struct Before {
+    clicks: u64,
+    ai: u64,
+    dead: u64,
+    clicks_of: u64,
+    ai_of: u64,
+    dead_of: u64,
+}
+
+/// Rows of the subject in link_clicks, ai_usage and dead_letters.
+fn rows_of(storage: &[String], subject: &str) -> [u64; 3] {
     let of = |t: &str| {
         count(
-            &storage,
+            storage,
             &format!("SELECT count(*) AS n FROM {t} WHERE user_id = '{subject}'"),
         )
     };
-    let total = |t: &str| count(&storage, &format!("SELECT count(*) AS n FROM {t}"));
-    let (clicks_of, ai_of) = (of("link_clicks"), of("ai_usage"));
-    let (clicks_before, ai_before) = (total("link_clicks"), total("ai_usage"));
-    let t = tokens();
-    let c = client();
-    let body = serde_json::json!({ "subject": subject }).to_string();
+    [
+        of("link_clicks"),
+        of("ai_usage"),
+        count(storage, &dead_letters_of(subject)),
+    ]
+}
 
-    // The purge stops right after its first commit (link_clicks), before deleting the files it
-    // removed; the server is then killed.
-    let server = TestServer::start_env(
-        &root,
-        &t,
-        &[],
-        &[("STRATA_TEST_PAUSE_AT", "commit:link_clicks")],
-    );
-    // Export first, and download a file of it.
+async fn post(
+    c: &reqwest::Client,
+    server: &TestServer,
+    path: &str,
+    token: &str,
+    body: String,
+) -> (u16, Value) {
     let r = c
-        .post(server.url("/v1/gdpr/exports"))
-        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
-        .body(body.clone())
+        .post(server.url(path))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(body)
         .send()
         .await
         .unwrap();
-    let (s, accepted) = json(r).await;
+    json(r).await
+}
+
+/// Export over HTTP, scopes, and what a request may name (the id rule).
+async fn export_and_refusals(
+    c: &reqwest::Client,
+    server: &TestServer,
+    t: &Tokens,
+    subject: &str,
+    before: Before,
+) {
+    let body = serde_json::json!({ "subject": subject }).to_string();
+    let (s, accepted) = post(c, server, "/v1/gdpr/exports", &t.admin, body.clone()).await;
     assert_eq!(s, 202, "{accepted}");
     let export_id = accepted["request_id"].as_str().unwrap().to_string();
-    let done = wait_done(&c, &server, &t.admin, &export_id).await;
+    let done = wait_done(c, server, &t.admin, &export_id).await;
     assert!(
-        !done.to_string().contains(&subject),
+        !done.to_string().contains(subject),
         "the request names the subject: {done}"
+    );
+    assert_eq!(
+        done["receipt"]["location"],
+        format!("exports/{export_id}/"),
+        "{done}"
     );
     let file = c
         .get(server.url(&format!(
@@ -368,7 +469,10 @@ async fn gdpr_over_http_is_durable_across_a_crash_mid_purge() {
         .await
         .unwrap();
     assert_eq!(file.status(), 200);
-    assert_eq!(file.text().await.unwrap().lines().count() as u64, clicks_of);
+    assert_eq!(
+        file.text().await.unwrap().lines().count() as u64,
+        before.clicks_of
+    );
     // Scope: a panels token may not purge; a bad body says what to send.
     let r = c
         .post(server.url("/v1/gdpr/purges"))
@@ -378,28 +482,62 @@ async fn gdpr_over_http_is_durable_across_a_crash_mid_purge() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c
-        .post(server.url("/v1/gdpr/purges"))
-        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let (s, v) = json(r).await;
+    let (s, v) = post(c, server, "/v1/gdpr/purges", &t.admin, "{}".into()).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("bad_body")));
+    // Ids that would match what they do not name, or too many of them: refused, and the
+    // refusal does not repeat the id.
+    for bad in [
+        serde_json::json!({ "subject": "" }),
+        serde_json::json!({ "subject": "u" }),
+        serde_json::json!({ "subject": "1234" }),
+        serde_json::json!({ "subject": "null" }),
+        serde_json::json!({ "subject": "user_id" }),
+        serde_json::json!({ "subject": "u 5" }),
+        serde_json::json!({ "subject": subject, "session_ids": [""] }),
+    ] {
+        let (s, v) = post(c, server, "/v1/gdpr/purges", &t.admin, bad.to_string()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("id rule"), "{v}");
+    }
+    let many: Vec<String> = (0..40_000).map(|i| format!("a-{i}")).collect();
+    let (s, v) = post(
+        c,
+        server,
+        "/v1/gdpr/purges",
+        &t.admin,
+        serde_json::json!({ "subject": subject, "anonymous_ids": many }).to_string(),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("at most 100 ids"),
+        "{v}"
+    );
+}
 
-    let r = c
-        .post(server.url("/v1/gdpr/purges"))
-        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    let (s, accepted) = json(r).await;
-    assert_eq!(s, 202);
+/// A purge over HTTP stopped for good at `point`, the server killed (SIGKILL) and restarted
+/// without the hook: the durable request is resumed and completes. Returns the restarted
+/// server and the finished request.
+async fn crash_at(
+    point: &str,
+    root: &Path,
+    subject: &str,
+    before: Before,
+    first: bool,
+) -> (TestServer, Value) {
+    let storage = storage_args(root);
+    let t = tokens();
+    let c = client();
+    let server = TestServer::start_env(root, &t, &[], &[("STRATA_TEST_PAUSE_AT", point)]);
+    if first {
+        export_and_refusals(&c, &server, &t, subject, before).await;
+    }
+    let body = serde_json::json!({ "subject": subject }).to_string();
+    let (s, accepted) = post(&c, &server, "/v1/gdpr/purges", &t.admin, body).await;
+    assert_eq!(s, 202, "{accepted}");
     let purge_id = accepted["request_id"].as_str().unwrap().to_string();
     wait_for(
-        "the purge to reach its pause point",
+        &format!("the purge to reach its pause point {point}"),
         Duration::from_secs(60),
         || {
             server
@@ -408,55 +546,137 @@ async fn gdpr_over_http_is_durable_across_a_crash_mid_purge() {
         },
     );
     server.kill9();
-    // Mid-purge: link_clicks is already without the subject (one atomic commit), but its removed
-    // files are not deleted yet and no rollup day was recomputed. ai_usage is purged
-    // concurrently: all of the subject's rows or none of them, never a part.
-    assert_eq!(of("link_clicks"), 0);
-    let ai_mid = of("ai_usage");
-    assert!(
-        ai_mid == ai_of || ai_mid == 0,
-        "ai_usage mid-purge: {ai_mid} of {ai_of}"
-    );
+    // Mid-purge: each table holds all of the subject's rows or none (one atomic commit per
+    // table; the three are purged concurrently): none in the table whose commit the purge
+    // stopped after, none anywhere once it reached the rollups.
+    let full = [before.clicks_of, before.ai_of, before.dead_of];
+    let mid = rows_of(&storage, subject);
+    for (i, table) in ["link_clicks", "ai_usage", "dead_letters"]
+        .iter()
+        .enumerate()
+    {
+        let want_none =
+            point == format!("commit:{table}") || point == "rollups" || point == "verify";
+        if want_none {
+            assert_eq!(mid[i], 0, "{table} at {point}");
+        } else if point == "tombstone" {
+            assert_eq!(mid[i], full[i], "{table} at {point}");
+        } else {
+            assert!(
+                mid[i] == 0 || mid[i] == full[i],
+                "{table} at {point}: {} of {}",
+                mid[i],
+                full[i]
+            );
+        }
+    }
 
     // A restarted server resumes the request and finishes it.
-    let server = TestServer::start(&root, &t, &[]);
+    let server = TestServer::start(root, &t, &[]);
     let done = wait_done(&c, &server, &t.admin, &purge_id).await;
-    assert_eq!(done["receipt"]["verified"], true, "{done}");
+    assert_eq!(done["receipt"]["verified"], true, "{point}: {done}");
     assert!(
-        !done.to_string().contains(&subject),
+        !done.to_string().contains(subject),
         "the request names the subject: {done}"
     );
-    assert_eq!(total("link_clicks"), clicks_before - clicks_of);
-    assert_eq!(total("ai_usage"), ai_before - ai_of);
+    for leak in [root.to_str().unwrap(), "file://"] {
+        assert!(
+            !done.to_string().contains(leak),
+            "the request names the storage location: {done}"
+        );
+    }
+    assert_eq!(rows_of(&storage, subject), [0, 0, 0], "{point}");
+    let total = |t: &str| count(&storage, &format!("SELECT count(*) AS n FROM {t}"));
+    assert_eq!(
+        total("link_clicks"),
+        before.clicks - before.clicks_of,
+        "{point}"
+    );
+    assert_eq!(total("ai_usage"), before.ai - before.ai_of, "{point}");
+    assert_eq!(
+        total("dead_letters"),
+        before.dead - before.dead_of,
+        "{point}"
+    );
     let vacuumed: u64 = done["receipt"]["tables"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| int(t, "files_vacuumed"))
         .sum();
-    assert!(
-        vacuumed > 0,
-        "the files removed before the crash were not deleted: {done}"
-    );
+    // Stopped before its deletes (or before its commits, which the resumed run makes): the
+    // resumed purge deletes the removed files. Stopped later, they were gone already.
+    if point != "rollups" && point != "verify" {
+        assert!(
+            vacuumed > 0,
+            "{point}: the files removed before the crash were not deleted: {done}"
+        );
+    }
     let scan = std::process::Command::new(python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gdpr_scan.py"))
-        .arg(&root)
-        .arg(&subject)
+        .arg(root)
+        .arg(subject)
         .output()
         .unwrap();
     let scan: Value = serde_json::from_slice(&scan.stdout).unwrap();
-    assert_eq!(scan["hits"], serde_json::json!([]), "{scan}");
-    // Asking again is harmless.
-    let r = c
-        .post(server.url("/v1/gdpr/purges"))
-        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let (_, again) = json(r).await;
-    let again = wait_done(&c, &server, &t.admin, again["request_id"].as_str().unwrap()).await;
-    assert_eq!(again["receipt"]["rows_removed"], 0);
-    assert_eq!(again["receipt"]["verified"], true);
-    assert_eq!(total("link_clicks"), clicks_before - clicks_of);
+    assert_eq!(scan["hits"], serde_json::json!([]), "{point}: {scan}");
+    (server, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gdpr_over_http_is_durable_across_a_crash_at_every_step() {
+    let dir = test_dir();
+    let seeded = dir.path().join("seeded");
+    seed_with_dead_letters(&seeded, 5_000);
+    let storage = storage_args(&seeded);
+    // A subject with clicks, AI calls and dead letters keyed by them, so that the purge
+    // commits to every raw table and every pause point is reached.
+    let subject = sql(
+        &storage,
+        "SELECT c.user_id AS u FROM link_clicks c \
+         JOIN (SELECT DISTINCT user_id FROM ai_usage) a ON c.user_id = a.user_id \
+         JOIN (SELECT DISTINCT key FROM dead_letters) d ON c.user_id = d.key \
+         GROUP BY c.user_id ORDER BY count(*), u LIMIT 1",
+    )[0]["u"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let total = |t: &str| count(&storage, &format!("SELECT count(*) AS n FROM {t}"));
+    let [clicks_of, ai_of, dead_of] = rows_of(&storage, &subject);
+    let before = Before {
+        clicks: total("link_clicks"),
+        ai: total("ai_usage"),
+        dead: total("dead_letters"),
+        clicks_of,
+        ai_of,
+        dead_of,
+    };
+    assert!(clicks_of > 0 && ai_of > 0 && dead_of > 0);
+
+    for (i, point) in PAUSE_POINTS.iter().enumerate() {
+        // Each point on its own copy of the seeded root.
+        let root = dir.path().join(point.replace(':', "-"));
+        copy_dir(&seeded, &root);
+        let (server, _) = crash_at(point, &root, &subject, before, i == 0).await;
+        if i == 1 {
+            // Asking again is harmless.
+            let t = tokens();
+            let c = client();
+            drop(server);
+            let server = TestServer::start(&root, &t, &[]);
+            let body = serde_json::json!({ "subject": subject }).to_string();
+            let (_, again) = post(&c, &server, "/v1/gdpr/purges", &t.admin, body).await;
+            let again =
+                wait_done(&c, &server, &t.admin, again["request_id"].as_str().unwrap()).await;
+            assert_eq!(again["receipt"]["rows_removed"], 0);
+            assert_eq!(again["receipt"]["verified"], true);
+            assert_eq!(
+                count(
+                    &storage_args(&root),
+                    "SELECT count(*) AS n FROM link_clicks"
+                ),
+                before.clicks - before.clicks_of
+            );
+        }
+    }
 }

@@ -5,8 +5,11 @@ mod server;
 mod support;
 
 mod api;
+mod attack;
+mod attack_http;
 mod demo;
 mod gdpr;
+mod gdpr_race;
 
 mod bad_config;
 mod cli;

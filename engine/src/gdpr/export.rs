@@ -30,7 +30,8 @@ pub struct ExportManifest {
     pub request_id: String,
     pub subject_hash: String,
     pub created_at: chrono::DateTime<Utc>,
-    /// `<root>/exports/<request_id>/`
+    /// `exports/<request_id>/`, relative to the storage root (whose location is never
+    /// shown to a client).
     pub location: String,
     pub files: Vec<ExportFile>,
     /// Derived tables that hold no per-subject rows (nothing to export from them).
@@ -67,9 +68,7 @@ impl ExportBuilder {
     }
 
     async fn execute(self) -> Result<ExportManifest> {
-        if self.subject.user_id.trim().is_empty() {
-            return Err(EngineError::Param("the subject id is empty".into()));
-        }
+        self.subject.validate()?;
         let requested_at = Utc::now();
         let key = GdprKey::load_or_create(&self.storage).await?;
         let catalog = Catalog::open(&self.storage).await?;
@@ -137,7 +136,7 @@ impl ExportBuilder {
             request_id: self.request_id.clone(),
             subject_hash: key.hash(&self.subject.user_id),
             created_at: Utc::now(),
-            location: format!("{}{dir}/", self.storage.root()),
+            location: format!("{dir}/"),
             files,
             derived_without_subject_rows: crate::ROLLUPS
                 .iter()

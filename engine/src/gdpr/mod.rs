@@ -1,17 +1,25 @@
 //! GDPR/CCPA: export and purge of one data subject, tombstones against late events, receipts.
 //!
 //! ```text
-//! purge(subject) -> for each raw table: bloom filters skip files -> scan candidates -> rewrite
+//! purge(subject) -> tombstone (keyed hashes, request time) that ingest consults
+//!                -> marker txn(strata-gdpr-tombstones, tombstone version) in every raw table:
+//!                   ingest commits filtered with older tombstones are refused from here on
+//!                -> for each raw table: bloom filters skip files -> scan candidates -> rewrite
 //!                   the files that hold the subject -> one commit (remove + add) -> delete the
-//!                   removed files at once -> rollups recompute the touched days -> verify 0 rows
-//!                -> tombstone (keyed hash, request time) that ingest consults
+//!                   removed files at once
+//!                -> rollups recompute the touched days -> verify 0 rows (else rewrite again,
+//!                   up to 3 rounds, else the request fails and keeps its ids to be run again)
 //!                -> receipt in `gdpr_audit` (keyed hash only, never the id)
 //! ```
+//!
+//! Ids are checked by [`Subject::validate`] (the id rule) before anything is stored.
 
 mod audit;
 mod export;
+mod marker;
 mod purge;
 mod requests;
+mod rewrite;
 mod subject;
 mod tombstone;
 
@@ -19,5 +27,5 @@ pub use audit::{AuditRecord, GDPR_AUDIT_TABLE};
 pub use export::{ExportBuilder, ExportManifest};
 pub use purge::{PurgeBuilder, PurgeReceipt, PurgeTimings, TablePurge};
 pub use requests::{GdprRequest, RequestKind, RequestStatus, RequestStore};
-pub use subject::{GdprKey, Subject};
+pub use subject::{id_tokens, GdprKey, Subject, MAX_IDS_PER_REQUEST};
 pub use tombstone::{Tombstones, TOMBSTONES_TABLE};

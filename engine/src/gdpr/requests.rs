@@ -76,11 +76,7 @@ impl RequestStore {
         subject: Subject,
         requested_by: &str,
     ) -> Result<GdprRequest> {
-        if subject.user_id.trim().is_empty() {
-            return Err(EngineError::Param(
-                "`subject` must be a non-empty user id".into(),
-            ));
-        }
+        subject.validate()?;
         let key = GdprKey::load_or_create(&self.storage).await?;
         let req = GdprRequest {
             id: uuid::Uuid::new_v4().to_string(),
@@ -128,7 +124,9 @@ impl RequestStore {
         }
     }
 
-    /// Requests that were accepted or running when the last server stopped.
+    /// Requests to run again at start: those accepted or running when the last server
+    /// stopped, and purges that failed and still hold their ids (a purge is an obligation:
+    /// it is retried until it is done).
     pub async fn unfinished(&self) -> Result<Vec<GdprRequest>> {
         use futures::TryStreamExt;
         let dir = Path::from("_strata/gdpr/requests");
@@ -149,7 +147,12 @@ impl RequestStore {
                 continue;
             };
             if let Some(r) = self.get(id).await? {
-                if matches!(r.status, RequestStatus::Accepted | RequestStatus::Running) {
+                let failed_purge = r.status == RequestStatus::Failed
+                    && r.kind == RequestKind::Purge
+                    && r.subject.is_some();
+                if failed_purge
+                    || matches!(r.status, RequestStatus::Accepted | RequestStatus::Running)
+                {
                     out.push(r);
                 }
             }
@@ -158,12 +161,17 @@ impl RequestStore {
         Ok(out)
     }
 
-    /// Runs a request to its end and stores the outcome. Running it again is harmless.
+    /// Runs a request to its end and stores the outcome. Running it again is harmless; a
+    /// failed request keeps its ids (to be run again) unless they break the id rule.
+    ///
+    /// What the document says is for API clients: the receipt and the error name tables
+    /// and files relative to the storage root, never its location.
     pub async fn run(&self, mut req: GdprRequest) -> Result<GdprRequest> {
         let Some(subject) = req.subject.clone() else {
             return Ok(req); // already done
         };
         req.status = RequestStatus::Running;
+        req.error = None;
         self.put(&req).await?;
         let outcome = match req.kind {
             RequestKind::Purge => PurgeBuilder::new(&self.storage, subject)
@@ -183,19 +191,39 @@ impl RequestStore {
                 }),
         };
         req.finished_at = Some(Utc::now());
+        let redactor = crate::Redactor::for_root(self.storage.root());
         match outcome {
-            Ok(receipt) => {
+            Ok(mut receipt) => {
+                without_location(&redactor, &mut receipt);
                 req.status = RequestStatus::Done;
                 req.receipt = Some(receipt);
                 req.subject = None;
             }
             Err(e) => {
                 req.status = RequestStatus::Failed;
-                req.error = Some(e.to_string());
-                // A failed purge keeps the ids so that an operator can run it again.
+                req.error = Some(redactor.text(&e.to_string()));
+                // A failed request keeps the ids so that it can be run again, unless they
+                // can never run (the id rule refused them).
+                if matches!(e, EngineError::Param(_)) {
+                    req.subject = None;
+                }
             }
         }
         self.put(&req).await?;
         Ok(req)
+    }
+}
+
+/// Strips the storage root from every string of a receipt or manifest.
+fn without_location(redactor: &crate::Redactor, v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => *s = redactor.text(s),
+        serde_json::Value::Array(items) => {
+            items.iter_mut().for_each(|i| without_location(redactor, i))
+        }
+        serde_json::Value::Object(fields) => fields
+            .values_mut()
+            .for_each(|f| without_location(redactor, f)),
+        _ => {}
     }
 }

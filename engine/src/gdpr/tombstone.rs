@@ -50,12 +50,14 @@ impl Tombstones {
         }
     }
 
+    /// Records the tombstones of one request; returns the table version that holds them
+    /// (what the purge's marker names, see `marker.rs`).
     pub async fn add(
         storage: &Storage,
         hashes: &[String],
         requested_at_us: i64,
         request_id: &str,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let mut table = EventTable::open_or_create(storage, Self::spec()).await?;
         let n = hashes.len();
         let cols: Vec<ArrayRef> = vec![
@@ -70,10 +72,10 @@ impl Tombstones {
                 n
             ])),
         ];
-        table
+        let done = table
             .append(&[RecordBatch::try_new(Self::schema(), cols)?], &[])
             .await?;
-        Ok(())
+        Ok(done.version)
     }
 
     /// Every tombstone of the root (an empty set when there is none yet), or None when the

@@ -1,0 +1,433 @@
+//! Rewriting one raw table without a subject: bloom filters rule files out, the candidates
+//! are read, the files that hold the subject are rewritten without its rows, one commit
+//! (remove + add), then the removed files are deleted at once.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Date32Array, RecordBatch};
+use chrono::{NaiveDate, Utc};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, Remove};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTableBuilder, DeltaTableError};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+// ParquetObjectReader is deprecated in arrow 59 in favour of a hand-written AsyncFileReader;
+// it still does ranged reads (footer, bloom filters) on any object store, which is what a
+// purge needs. Replacing it is noted in docs/operations/gdpr.md.
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use tracing::info;
+
+use super::purge::{pause_point, TablePurge};
+use super::subject::Subject;
+use crate::table::TableSpec;
+use crate::writer::writer_properties;
+use crate::{EngineError, Result, Storage};
+
+/// The marker of purge commits in the Delta log (never the subject): a key of their
+/// `commitInfo`, with the request id as its value.
+const PURGE_MARKER: &str = "strata-gdpr-purge";
+
+/// Scans and commits before giving up when other writers keep removing files the purge read
+/// (a compaction, another purge). Appends never conflict with the purge's commit.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Purges `subject` from one raw table. The caller has committed the tombstone marker to it
+/// first: the scan starts from a snapshot loaded after the marker.
+pub(super) async fn purge_table(
+    storage: &Storage,
+    subject: &Subject,
+    spec: &TableSpec,
+    request_id: &str,
+) -> Result<TablePurge> {
+    let started = std::time::Instant::now();
+    let mut report = TablePurge {
+        table: spec.name.into(),
+        ..Default::default()
+    };
+    // A purge interrupted between its commit and its deletes left removed files behind:
+    // delete them now (a repeated request finishes the job).
+    report.files_vacuumed += vacuum_previous_purges(storage, spec.name).await?;
+    for attempt in 1..=MAX_ATTEMPTS {
+        if rewrite_table(storage, subject, spec, request_id, &mut report).await? {
+            report.elapsed_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+        tracing::debug!(
+            table = spec.name,
+            attempt,
+            "purge commit conflicted with another writer; scanning again"
+        );
+    }
+    Err(EngineError::Internal(format!(
+        "purging {}: other writers kept changing the files the purge read ({MAX_ATTEMPTS} attempts)",
+        spec.name
+    )))
+}
+
+/// One scan, rewrite and commit of the table. False when the commit lost a conflict (nothing
+/// committed, the files it wrote deleted): scan again.
+#[allow(deprecated)]
+async fn rewrite_table(
+    storage: &Storage,
+    subject: &Subject,
+    spec: &TableSpec,
+    request_id: &str,
+    report: &mut TablePurge,
+) -> Result<bool> {
+    let url = storage.table_url(spec.name);
+    let table = DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(storage.options().clone())
+        .load()
+        .await?;
+    let store = storage.store().clone();
+    let prefix = format!("tables/{}/", spec.name);
+    if report.version_before.is_none() {
+        report.version_before = table.version();
+    }
+
+    let files: Vec<String> = table.get_file_uris()?.collect();
+    report.files_in_table = files.len();
+    // Files are inspected in parallel tasks (one per core): bloom filters first, then a full
+    // read of the candidates; a file that holds the subject is rewritten in the same task, so
+    // reading, filtering and Parquet encoding run on every core and only the files in flight
+    // are held in memory.
+    // Unordered: an ordered buffer holds a finished quick file (ruled out by its bloom filter)
+    // until the slow rewrite ahead of it is done, which left one core idle.
+    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut tasks = Vec::with_capacity(files.len());
+    for uri in &files {
+        let writer =
+            RecordBatchWriter::for_table(&table)?.with_writer_properties(writer_properties(spec));
+        let (store, url, prefix, uri) = (store.clone(), url.clone(), prefix.clone(), uri.clone());
+        let (subject, spec) = (subject.clone(), spec.clone());
+        tasks.push(async move {
+            tokio::spawn(async move {
+                let columns = subject.columns(spec.name);
+                let started = std::time::Instant::now();
+                let Some(hit) =
+                    inspect_file(store, &url, &prefix, &uri, &subject, &spec, &columns).await?
+                else {
+                    return Ok::<_, EngineError>(None);
+                };
+                let read_ms = started.elapsed().as_millis() as u64;
+                // A bloom false positive (nothing of the subject) is left as it is.
+                let adds = if hit.removed > 0 {
+                    rewrite(writer, &hit.kept).await?
+                } else {
+                    Vec::new()
+                };
+                tracing::debug!(
+                    table = spec.name,
+                    read_ms,
+                    rewrite_ms = started.elapsed().as_millis() as u64 - read_ms,
+                    rows_removed = hit.removed,
+                    "purge file"
+                );
+                Ok(Some((hit, adds)))
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("purge task failed: {e}")))?
+        });
+    }
+    let hits: Vec<Option<(FileHit, Vec<Add>)>> = futures::stream::iter(tasks)
+        .buffer_unordered(parallelism)
+        .try_collect()
+        .await?;
+    let mut scanned = 0;
+    let mut removes = Vec::new();
+    let mut adds = Vec::new();
+    let (mut rows_removed, mut bytes_rewritten) = (0, 0);
+    for (hit, file_adds) in hits.into_iter().flatten() {
+        scanned += 1;
+        if hit.removed == 0 {
+            continue; // a bloom false positive
+        }
+        rows_removed += hit.removed;
+        bytes_rewritten += hit.size as i64;
+        adds.extend(file_adds);
+        removes.push(Remove {
+            path: hit.rel,
+            data_change: true,
+            deletion_timestamp: Some(Utc::now().timestamp_millis()),
+            extended_file_metadata: Some(true),
+            partition_values: Some(
+                [(spec.partition_column.to_string(), Some(hit.partition))]
+                    .into_iter()
+                    .collect(),
+            ),
+            size: Some(hit.size as i64),
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+        });
+    }
+    if removes.is_empty() {
+        report.files_scanned += scanned;
+        report.version_after = table.version();
+        return Ok(true);
+    }
+    let added: Vec<Path> = adds
+        .iter()
+        .map(|a| Path::from(format!("{prefix}{}", a.path)))
+        .collect();
+    let mut actions: Vec<Action> = removes.iter().cloned().map(Action::Remove).collect();
+    actions.extend(adds.into_iter().map(Action::Add));
+    // No read predicate: appends landing meanwhile never conflict with this commit (they were
+    // filtered with the tombstones, see `marker.rs`); a commit that removed a file read here
+    // does. The marker rides in `commitInfo`, never the subject.
+    let committed = CommitBuilder::from(
+        CommitProperties::default()
+            .with_max_retries(20)
+            .with_metadata([(
+                PURGE_MARKER.to_string(),
+                serde_json::Value::String(request_id.to_string()),
+            )]),
+    )
+    .with_actions(actions)
+    .build(
+        Some(table.snapshot()?),
+        table.log_store(),
+        DeltaOperation::Delete { predicate: None },
+    )
+    .await;
+    let committed = match committed {
+        Ok(c) => c,
+        Err(DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(e),
+        }) => {
+            tracing::debug!(table = spec.name, error = %e, "purge commit conflict");
+            // Nothing was committed: the rewritten files are nobody's.
+            for path in &added {
+                match store.delete(path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
+                }
+            }
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    report.version_after = Some(committed.version());
+    report.files_scanned += scanned;
+    report.rows_removed += rows_removed;
+    report.files_rewritten += removes.len();
+    report.bytes_rewritten += bytes_rewritten;
+    pause_point(&format!("commit:{}", spec.name)).await;
+    for r in &removes {
+        let path = Path::from(format!("{prefix}{}", r.path));
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => report.files_vacuumed += 1,
+            Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
+        }
+    }
+    info!(
+        table = spec.name,
+        files_rewritten = removes.len(),
+        rows_removed,
+        "purge committed"
+    );
+    Ok(true)
+}
+
+/// Writes the rows a file keeps (none when the subject was all it held, or when the bloom
+/// filter was a false positive) as new files; returns their add actions.
+async fn rewrite(mut writer: RecordBatchWriter, kept: &[RecordBatch]) -> Result<Vec<Add>> {
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    for b in kept {
+        writer.write(b.clone()).await?;
+    }
+    Ok(writer.flush().await?)
+}
+
+/// A candidate file: what it holds of the subject, and its other rows.
+struct FileHit {
+    rel: String,
+    size: u64,
+    /// The partition value as written in the path (`2026-10-01`).
+    partition: String,
+    removed: usize,
+    kept: Vec<RecordBatch>,
+}
+
+/// None when the bloom filters rule the file out; otherwise its rows split by the subject.
+#[allow(deprecated)]
+async fn inspect_file(
+    store: Arc<dyn object_store::ObjectStore>,
+    url: &url::Url,
+    prefix: &str,
+    uri: &str,
+    subject: &Subject,
+    spec: &TableSpec,
+    columns: &[(&'static str, Vec<&str>)],
+) -> Result<Option<FileHit>> {
+    // Local tables list plain paths, object stores full URLs.
+    let rel = uri
+        .strip_prefix(url.as_str())
+        .or_else(|| uri.strip_prefix(url.path()))
+        .ok_or_else(|| EngineError::Internal(format!("file {uri} is outside its table")))?
+        .to_string();
+    let path = Path::from(format!("{prefix}{rel}"));
+    let meta = store
+        .head(&path)
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    let reader = ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(meta.size);
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    if !may_hold(&mut builder, columns).await? {
+        return Ok(None);
+    }
+    let batches: Vec<RecordBatch> = builder
+        .build()
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .try_collect()
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    let (days, partition) = partition_value(&rel, spec.partition_column)?;
+    let mut removed = 0;
+    let mut kept = Vec::new();
+    for b in &batches {
+        let hit = subject.matches(spec.name, b)?;
+        removed += hit.true_count();
+        let keep = arrow::compute::not(&hit)?;
+        let rest = arrow::compute::filter_record_batch(b, &keep)?;
+        if rest.num_rows() > 0 {
+            kept.push(with_partition(rest, spec, days)?);
+        }
+    }
+    Ok(Some(FileHit {
+        rel,
+        size: meta.size,
+        partition,
+        removed,
+        kept,
+    }))
+}
+
+/// False when the bloom filters of every row group rule the subject out for every column that
+/// has one. A column without a bloom filter (or the dead-letter payload, matched by
+/// containment) always needs a scan.
+#[allow(deprecated)]
+async fn may_hold(
+    builder: &mut ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
+    columns: &[(&'static str, Vec<&str>)],
+) -> Result<bool> {
+    if columns.iter().any(|(c, _)| *c == "payload") {
+        return Ok(true);
+    }
+    let schema = builder.parquet_schema().clone();
+    let groups = builder.metadata().num_row_groups();
+    for rg in 0..groups {
+        for (col, ids) in columns {
+            let Some(idx) = (0..schema.num_columns()).find(|i| schema.column(*i).name() == *col)
+            else {
+                continue;
+            };
+            let bloom = builder
+                .get_row_group_column_bloom_filter(rg, idx)
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            match bloom {
+                Some(sbbf) => {
+                    if ids.iter().any(|id| sbbf.check(*id)) {
+                        return Ok(true);
+                    }
+                }
+                None => return Ok(true),
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// `event_date=2026-10-01/part-...parquet` -> (days since the epoch, "2026-10-01").
+fn partition_value(rel: &str, column: &str) -> Result<(i32, String)> {
+    let prefix = format!("{column}=");
+    let value = rel
+        .split('/')
+        .find_map(|seg| seg.strip_prefix(&prefix))
+        .ok_or_else(|| EngineError::Internal(format!("{rel} has no {column} partition")))?;
+    let d = NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .map_err(|e| EngineError::Internal(format!("{rel}: bad partition value: {e}")))?;
+    Ok((
+        (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32,
+        value.to_string(),
+    ))
+}
+
+/// A batch read from a data file (which holds no partition column) in the table's schema.
+fn with_partition(batch: RecordBatch, spec: &TableSpec, days: i32) -> Result<RecordBatch> {
+    let cols: Vec<ArrayRef> = spec
+        .schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == spec.partition_column {
+                Ok(Arc::new(Date32Array::from(vec![days; batch.num_rows()])) as ArrayRef)
+            } else {
+                let c = batch.column_by_name(f.name()).ok_or_else(|| {
+                    EngineError::Internal(format!("file lacks column {}", f.name()))
+                })?;
+                Ok(arrow::compute::cast(c, f.data_type())?)
+            }
+        })
+        .collect::<Result<_>>()?;
+    Ok(RecordBatch::try_new(spec.schema.clone(), cols)?)
+}
+
+/// Deletes files that earlier purge commits removed and that are still in storage.
+async fn vacuum_previous_purges(storage: &Storage, table: &str) -> Result<usize> {
+    let store = storage.store();
+    let log = Path::from(format!("tables/{table}/_delta_log"));
+    let entries: Vec<_> = store
+        .list(Some(&log))
+        .try_collect()
+        .await
+        .map_err(|e| EngineError::Internal(format!("listing {log}: {e}")))?;
+    let mut deleted = 0;
+    for e in entries
+        .iter()
+        .filter(|e| e.location.as_ref().ends_with(".json"))
+    {
+        let bytes = store
+            .get(&e.location)
+            .await
+            .map_err(|err| EngineError::Internal(err.to_string()))?
+            .bytes()
+            .await
+            .map_err(|err| EngineError::Internal(err.to_string()))?;
+        if !bytes
+            .windows(PURGE_MARKER.len())
+            .any(|w| w == PURGE_MARKER.as_bytes())
+        {
+            continue;
+        }
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+            if let Some(p) = v
+                .get("remove")
+                .and_then(|r| r.get("path"))
+                .and_then(|p| p.as_str())
+            {
+                let path = Path::from(format!("tables/{table}/{p}"));
+                if store.head(&path).await.is_ok() {
+                    store
+                        .delete(&path)
+                        .await
+                        .map_err(|err| EngineError::Internal(err.to_string()))?;
+                    deleted += 1;
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,124 @@
+//! One memory pool for a whole server, and each query's share of it.
+//!
+//! ```text
+//! server pool (--server-memory-mb) <- QueryShare (--query-memory-mb) <- one query's operators
+//! ```
+//!
+//! A query's reservations count against its own share and against the server's pool: 200
+//! concurrent queries can never take 200 x the per-query limit, and one query can never take
+//! the whole server. Whichever runs out first fails the query with `ResourcesExhausted`,
+//! which the API answers with 422 (the query is the caller's to narrow).
+
+use std::fmt::{Display, Formatter};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use datafusion::common::{resources_datafusion_err, Result as DfResult};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation,
+};
+
+/// The pool all queries of a server share.
+pub fn server_pool(bytes: usize) -> Arc<dyn MemoryPool> {
+    Arc::new(GreedyMemoryPool::new(bytes))
+}
+
+/// One query's share of a shared pool.
+#[derive(Debug)]
+pub struct QueryShare {
+    shared: Arc<dyn MemoryPool>,
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl QueryShare {
+    pub fn new(shared: Arc<dyn MemoryPool>, limit: usize) -> Self {
+        Self {
+            shared,
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Display for QueryShare {
+    fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "query share (used: {} of {} bytes) of {}",
+            self.used.load(Ordering::Relaxed),
+            self.limit,
+            self.shared
+        )
+    }
+}
+
+impl MemoryPool for QueryShare {
+    fn name(&self) -> &str {
+        "query_share"
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.used.fetch_add(additional, Ordering::Relaxed);
+        self.shared.grow(reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+        self.shared.shrink(reservation, shrink);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> DfResult<()> {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                let next = used.checked_add(additional)?;
+                (next <= self.limit).then_some(next)
+            })
+            .map_err(|used| {
+                resources_datafusion_err!(
+                    "the query's memory share is used up: it holds {used} bytes, asked for {additional} more, its limit is {} bytes",
+                    self.limit
+                )
+            })?;
+        if let Err(e) = self.shared.try_grow(reservation, additional) {
+            self.used.fetch_sub(additional, Ordering::Relaxed);
+            return Err(resources_datafusion_err!(
+                "the server's memory for queries is in use by other queries ({e}); retry shortly"
+            ));
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::execution::memory_pool::MemoryConsumer;
+
+    #[test]
+    fn a_query_is_bounded_by_its_share_and_by_the_server() {
+        let server = server_pool(1000);
+        let a: Arc<dyn MemoryPool> = Arc::new(QueryShare::new(server.clone(), 600));
+        let b: Arc<dyn MemoryPool> = Arc::new(QueryShare::new(server.clone(), 600));
+        let ra = MemoryConsumer::new("a").register(&a);
+        let rb = MemoryConsumer::new("b").register(&b);
+        ra.try_grow(500).unwrap();
+        assert!(ra.try_grow(200).is_err(), "past its own share");
+        rb.try_grow(400).unwrap();
+        let e = rb.try_grow(200).unwrap_err();
+        assert!(e.to_string().contains("other queries"), "{e}");
+        assert_eq!(server.reserved(), 900);
+        assert_eq!(b.reserved(), 400, "a refused grow is not counted");
+        drop(ra);
+        assert_eq!(server.reserved(), 400);
+        rb.try_grow(200).unwrap();
+    }
+}
