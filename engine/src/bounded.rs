@@ -317,7 +317,7 @@ mod tests {
             "SELECT replace(repeat('a', 100000), 'a', repeat('b', 100000))",
             "SELECT range(10000000000)",
             "SELECT generate_series(1, 10000000000, 1)",
-            "SELECT range(DATE '1970-01-01', DATE '9999-12-31', INTERVAL '1 second')",
+            "SELECT range(TIMESTAMP '1970-01-01 00:00:00', TIMESTAMP '2200-01-01 00:00:00', INTERVAL '1 second')",
             "SELECT array_repeat('x', 1000000000)",
             "SELECT repeat(column1, 100000000) FROM (VALUES ('a'), ('bc'))",
         ] {

@@ -66,9 +66,19 @@ impl EngineError {
                 Self::Query(m.clone())
             }
             D::SchemaError(..) | D::SQL(..) => Self::Query(root.to_string()),
+            // Functions report their argument errors (a bad regular expression, ...) as
+            // external errors; storage failures come as their own types and stay ours.
             D::External(x) => match x.downcast_ref::<arrow::error::ArrowError>() {
                 Some(a) if arrow_is_users(a) => Self::Query(a.to_string()),
-                _ => Self::DataFusion(e),
+                Some(_) => Self::DataFusion(e),
+                None if x.is::<object_store::Error>()
+                    || x.is::<std::io::Error>()
+                    || x.is::<deltalake::DeltaTableError>()
+                    || x.is::<parquet::errors::ParquetError>() =>
+                {
+                    Self::DataFusion(e)
+                }
+                None => Self::Query(x.to_string()),
             },
             _ => Self::DataFusion(e),
         }

@@ -305,7 +305,7 @@ mod tests {
                 if i > 0 {
                     s.push_str(op);
                 }
-                s.push_str("1");
+                s.push('1');
             }
             s
         };

@@ -491,7 +491,8 @@ impl LatencySketch {
         if n == 0 {
             return None;
         }
-        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        // `n as f64` may round up past `n` (near 2^64): the rank never exceeds the count.
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).clamp(1, n);
         // Saturating in the order `count` adds: the last bucket reaches `n`, so `rank`.
         let mut seen = 0u64;
         for (i, c) in self.buckets() {
