@@ -237,17 +237,12 @@ impl Panel {
     /// The statement with the parameters in place, as SQL literals of their validated types,
     /// and `{current}` as given (see [`Panel::is_current`]).
     pub fn render(&self, p: &PanelParams, current: bool) -> String {
-        // `{current}` first: the template holds no value yet, so nothing a caller sent is
-        // read by this pass either.
-        let sql = render_placeholders(self.sql, |name| {
-            (name == "current").then(|| if current { "TRUE" } else { "FALSE" }.to_string())
-        });
-        Self::render_sql(&sql, p)
+        Self::render_sql(self.sql, p, Some(current))
     }
 
     /// The fallback statement with the parameters in place, if the panel has one.
     pub fn render_fallback(&self, p: &PanelParams) -> Option<String> {
-        self.fallback.map(|sql| Self::render_sql(sql, p))
+        self.fallback.map(|sql| Self::render_sql(sql, p, None))
     }
 
     /// Whether the derived rollups of `-- current:` are current with their sources in `snapshot`.
@@ -260,7 +255,8 @@ impl Panel {
     /// name stays a value. Text values go in as hex bytes cast to text (`CAST(X'..' AS
     /// VARCHAR)`): no quote, backslash or comment in a value can end the literal, whatever the
     /// dialect's escaping rules. Dates and integers are validated before they get here.
-    fn render_sql(sql: &str, p: &PanelParams) -> String {
+    /// `current` renders `{current}` (a fallback has none, and gets None).
+    fn render_sql(sql: &str, p: &PanelParams, current: Option<bool>) -> String {
         let text = |v: &Option<String>| match v {
             Some(s) => format!("CAST(X'{}' AS VARCHAR)", hex::encode(s.as_bytes())),
             None => "CAST(NULL AS VARCHAR)".into(),
@@ -278,6 +274,7 @@ impl Panel {
                 "feature" => text(&p.feature),
                 "model" => text(&p.model),
                 "limit" => p.limit.to_string(),
+                "current" => return current.map(|c| if c { "TRUE" } else { "FALSE" }.into()),
                 _ => return None,
             })
         };
