@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use strata_engine::StorageOptions;
 use strata_ingest::{IngestOptions, TopicBinding};
+use strata_query_api::{ApiLimits, Auth, HttpLimits, ServerConfig, TokenEntry};
 use strata_schemas::EventKind;
 
 #[derive(Args, Debug, Clone)]
@@ -36,13 +37,13 @@ impl StorageConfig {
 #[derive(Args, Debug, Clone)]
 pub struct KafkaConfig {
     /// Kafka bootstrap servers, host:port[,host:port].
-    #[arg(long, env = "STRATA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "STRATA_BROKERS", default_value = IngestOptions::DEFAULT_BROKERS)]
     pub brokers: String,
     /// Topic of click events.
-    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = "clicks")]
+    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = EventKind::LinkClick.default_topic())]
     pub click_topic: String,
     /// Topic of AI-usage events.
-    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = "ai_usage")]
+    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = EventKind::AiUsage.default_topic())]
     pub ai_usage_topic: String,
     /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. security.protocol=SSL.
     #[arg(
@@ -78,19 +79,27 @@ impl KafkaConfig {
 #[derive(Args, Debug, Clone)]
 pub struct FlushConfig {
     /// Consumer group; part of the Delta txn app ids (strata-<group>-<topic>-<partition>).
-    #[arg(long, env = "STRATA_GROUP", default_value = "strata")]
+    #[arg(long, env = "STRATA_GROUP", default_value = IngestOptions::DEFAULT_GROUP)]
     pub group: String,
     /// Flush when this many messages are buffered.
-    #[arg(long, env = "STRATA_FLUSH_ROWS", default_value_t = 200_000)]
+    #[arg(long, env = "STRATA_FLUSH_ROWS", default_value_t = IngestOptions::DEFAULT_FLUSH_ROWS)]
     pub flush_rows: usize,
     /// Flush when this many payload bytes are buffered.
-    #[arg(long, env = "STRATA_FLUSH_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "STRATA_FLUSH_BYTES", default_value_t = IngestOptions::DEFAULT_FLUSH_BYTES)]
     pub flush_bytes: usize,
     /// Flush when the oldest buffered message is this many milliseconds old.
-    #[arg(long, env = "STRATA_FLUSH_AGE_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "STRATA_FLUSH_AGE_MS",
+        default_value_t = millis(IngestOptions::DEFAULT_FLUSH_AGE)
+    )]
     pub flush_age_ms: u64,
     /// Event ids remembered per partition to drop producer retries (0 disables).
-    #[arg(long, env = "STRATA_DEDUPE_WINDOW", default_value_t = 200_000)]
+    #[arg(
+        long,
+        env = "STRATA_DEDUPE_WINDOW",
+        default_value_t = IngestOptions::DEFAULT_DEDUPE_WINDOW
+    )]
     pub dedupe_window: usize,
 }
 
@@ -146,61 +155,112 @@ pub async fn shutdown_signal() {
 #[derive(Args, Debug, Clone)]
 pub struct ApiConfig {
     /// Address the API and dashboard listen on (port 0 picks a free port; the log says which).
-    #[arg(long, env = "STRATA_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "STRATA_LISTEN", default_value = ServerConfig::DEFAULT_LISTEN)]
     pub listen: String,
     /// API token NAME:SCOPE[+SCOPE...]:SHA256_HEX (repeatable; make one with `strata token new`).
     /// Scopes: panels, sql, gdpr, admin.
     #[arg(long = "token", env = "STRATA_TOKENS", value_delimiter = ',')]
     pub tokens: Vec<String>,
     /// Requests per second each token may make on average (bursts of 4x are allowed).
-    #[arg(long, env = "STRATA_RATE_LIMIT", default_value_t = 50.0)]
+    #[arg(
+        long,
+        env = "STRATA_RATE_LIMIT",
+        default_value_t = ServerConfig::DEFAULT_TOKEN_RATE_PER_SEC
+    )]
     pub rate_limit: f64,
     /// Time limit of one query or panel, in seconds.
-    #[arg(long, env = "STRATA_QUERY_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "STRATA_QUERY_TIMEOUT_SECS",
+        default_value_t = ApiLimits::DEFAULT_TIMEOUT.as_secs()
+    )]
     pub query_timeout_secs: u64,
     /// Memory one query may use, in MiB; past it the query fails with 422.
-    #[arg(long, env = "STRATA_QUERY_MEMORY_MB", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "STRATA_QUERY_MEMORY_MB",
+        default_value_t = ApiLimits::DEFAULT_QUERY_MEMORY_MB
+    )]
     pub query_memory_mb: usize,
     /// Rows one SQL response may hold; the result is cut there.
-    #[arg(long, env = "STRATA_ROW_CAP", default_value_t = 1_000_000)]
+    #[arg(long, env = "STRATA_ROW_CAP", default_value_t = ApiLimits::DEFAULT_ROW_CAP)]
     pub row_cap: usize,
     /// How old (ms) the view of the tables may be before a request looks for new commits.
-    #[arg(long, env = "STRATA_REFRESH_MS", default_value_t = 500)]
+    #[arg(long, env = "STRATA_REFRESH_MS", default_value_t = millis(ApiLimits::DEFAULT_MAX_AGE))]
     pub refresh_ms: u64,
     /// Memory for cached panel and SQL results, in MiB.
-    #[arg(long, env = "STRATA_CACHE_MB", default_value_t = 256)]
+    #[arg(long, env = "STRATA_CACHE_MB", default_value_t = ServerConfig::DEFAULT_CACHE_MB)]
     pub cache_mb: usize,
     /// Seconds between scheduled rollup runs (0: never).
-    #[arg(long, env = "STRATA_ROLLUP_INTERVAL_SECS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "STRATA_ROLLUP_INTERVAL_SECS",
+        default_value_t = ServerConfig::DEFAULT_ROLLUP_INTERVAL.as_secs()
+    )]
     pub rollup_interval_secs: u64,
     /// Connections served at once; more wait in the kernel's accept queue.
-    #[arg(long, env = "STRATA_MAX_CONNECTIONS", default_value_t = 512)]
+    #[arg(
+        long,
+        env = "STRATA_MAX_CONNECTIONS",
+        default_value_t = HttpLimits::default().max_connections
+    )]
     pub max_connections: usize,
     /// Seconds a client has to send a request's headers; an idle keep-alive connection is
     /// closed after as long.
-    #[arg(long, env = "STRATA_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "STRATA_HEADER_TIMEOUT_SECS",
+        default_value_t = HttpLimits::default().header_timeout.as_secs()
+    )]
     pub header_timeout_secs: u64,
     /// Seconds a client has to send a request's whole body.
-    #[arg(long, env = "STRATA_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "STRATA_BODY_TIMEOUT_SECS",
+        default_value_t = HttpLimits::default().body_timeout.as_secs()
+    )]
     pub body_timeout_secs: u64,
     /// Requests per second one client address may make without a valid token (public routes,
     /// missing or unknown tokens; bursts of 5x are allowed); past it, 429.
-    #[arg(long, env = "STRATA_PEER_RATE_LIMIT", default_value_t = 20.0)]
+    #[arg(
+        long,
+        env = "STRATA_PEER_RATE_LIMIT",
+        default_value_t = HttpLimits::default().peer_rate_per_sec
+    )]
     pub peer_rate_limit: f64,
     /// Queries (SQL and panels) running at once; the next ones wait up to --queue-wait-ms.
-    #[arg(long, env = "STRATA_MAX_QUERIES", default_value_t = 16)]
+    #[arg(long, env = "STRATA_MAX_QUERIES", default_value_t = ApiLimits::DEFAULT_MAX_QUERIES)]
     pub max_queries: usize,
     /// Milliseconds a query may wait for a slot before it is answered 503 with Retry-After.
-    #[arg(long, env = "STRATA_QUEUE_WAIT_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        env = "STRATA_QUEUE_WAIT_MS",
+        default_value_t = millis(ApiLimits::DEFAULT_QUEUE_WAIT)
+    )]
     pub queue_wait_ms: u64,
     /// Memory all running queries share, in MiB (each one at most --query-memory-mb of it).
-    #[arg(long, env = "STRATA_SERVER_MEMORY_MB", default_value_t = 4096)]
+    #[arg(
+        long,
+        env = "STRATA_SERVER_MEMORY_MB",
+        default_value_t = ApiLimits::DEFAULT_SERVER_MEMORY_MB
+    )]
     pub server_memory_mb: usize,
 }
 
 impl ApiConfig {
-    pub fn limits(&self) -> strata_query_api::ApiLimits {
-        strata_query_api::ApiLimits {
+    /// What `strata serve` starts the server with.
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen.clone(),
+            cache_bytes: self.cache_mb.max(1) << 20,
+            rollup_every: (self.rollup_interval_secs > 0)
+                .then(|| Duration::from_secs(self.rollup_interval_secs)),
+            limits: self.limits(),
+        }
+    }
+
+    pub fn limits(&self) -> ApiLimits {
+        ApiLimits {
             timeout: Duration::from_secs(self.query_timeout_secs.max(1)),
             row_cap: self.row_cap.max(1),
             max_age: Duration::from_millis(self.refresh_ms),
@@ -211,35 +271,37 @@ impl ApiConfig {
             max_queries: self.max_queries.max(1),
             queue_wait: Duration::from_millis(self.queue_wait_ms),
             server_memory_bytes: self.server_memory_mb.max(1) << 20,
-            http: strata_query_api::HttpLimits {
+            http: HttpLimits {
                 max_connections: self.max_connections.max(1),
                 header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
                 body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
                 peer_rate_per_sec: self.peer_rate_limit,
-                peer_burst: self.peer_rate_limit * 5.0,
+                peer_burst: self.peer_rate_limit * HttpLimits::PEER_BURST_SECONDS,
                 ..Default::default()
             },
         }
     }
 
-    pub fn auth(
-        &self,
-        extra: Vec<strata_query_api::TokenEntry>,
-    ) -> anyhow::Result<strata_query_api::Auth> {
-        let mut tokens = self
-            .tokens
-            .iter()
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| {
-                t.parse()
-                    .map_err(|e: String| anyhow::anyhow!("--token: {e}"))
-            })
-            .collect::<anyhow::Result<Vec<strata_query_api::TokenEntry>>>()?;
-        tokens.extend(extra);
-        Ok(strata_query_api::Auth::new(
-            tokens,
-            self.rate_limit,
-            self.rate_limit * 4.0,
-        ))
+    pub fn auth(&self) -> anyhow::Result<Auth> {
+        token_auth(&self.tokens, self.rate_limit)
     }
+}
+
+/// The tokens of `--token` lines (`NAME:SCOPE[+SCOPE...]:SHA256_HEX`, blank ones skipped), each
+/// allowed `rate` requests per second on average with bursts of 4x.
+pub fn token_auth(lines: &[String], rate: f64) -> anyhow::Result<Auth> {
+    let tokens = lines
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            t.parse()
+                .map_err(|e: String| anyhow::anyhow!("--token: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<TokenEntry>>>()?;
+    Ok(Auth::new(tokens, rate, rate * 4.0))
+}
+
+/// A duration as the milliseconds a flag takes (for defaults declared as `Duration`s).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -2,7 +2,6 @@
 
 mod cmd;
 mod config;
-mod kafka;
 mod progress;
 
 use clap::{Parser, Subcommand};

@@ -23,14 +23,12 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use deltalake::{DeltaTable, DeltaTableBuilder};
-use object_store::path::Path;
-use object_store::ObjectStoreExt;
+use deltalake::DeltaTable;
 use tracing::{debug, warn};
 
+use crate::delta::log;
 use crate::memory::QueryShare;
-use crate::rollup::RollupSpec;
-use crate::{bounded, sketch, Result, Storage};
+use crate::{bounded, registry, sketch, Result, Storage};
 
 /// Limits of one query's execution.
 #[derive(Debug, Clone)]
@@ -78,7 +76,7 @@ impl Snapshot {
     /// Whether a rollup in this snapshot was computed from the version of its source that is
     /// in this snapshot too (false for an unknown table, or one not computed yet).
     pub fn is_current(&self, rollup: &str) -> bool {
-        let Some(spec) = RollupSpec::get(rollup) else {
+        let Some(spec) = registry::rollup(rollup) else {
             return false;
         };
         let consumed = self.tables.get(rollup).and_then(|t| t.consumed);
@@ -236,10 +234,7 @@ impl Catalog {
                     t
                 }
                 None => {
-                    let t = DeltaTableBuilder::from_url(self.storage.table_url(&name))?
-                        .with_storage_options(self.storage.options().clone())
-                        .load()
-                        .await?;
+                    let t = log::load(&self.storage, &name).await?;
                     loaded.tables.entry(name.clone()).or_insert(t)
                 }
             };
@@ -254,11 +249,9 @@ impl Catalog {
                         self.runtime.clone(),
                     );
                     table.update_datafusion_session(&ctx.state())?;
-                    let committed_at_ms = self.commit_time(&name, version).await;
-                    let consumed = match RollupSpec::get(&name) {
-                        Some(spec) => table
-                            .snapshot()?
-                            .transaction_version(table.log_store().as_ref(), &spec.app_id())
+                    let committed_at_ms = log::commit_time(&self.storage, &name, version).await;
+                    let consumed = match registry::rollup(&name) {
+                        Some(spec) => log::txn_version(table, &spec.app_id())
                             .await?
                             .map(|v| v as u64),
                         None => None,
@@ -282,16 +275,6 @@ impl Catalog {
             "catalog refreshed"
         );
         Ok(next)
-    }
-
-    async fn commit_time(&self, table: &str, version: u64) -> Option<i64> {
-        let path = Path::from(format!("tables/{table}/_delta_log/{version:020}.json"));
-        self.storage
-            .store()
-            .head(&path)
-            .await
-            .ok()
-            .map(|m| m.last_modified.timestamp_millis())
     }
 
     /// A session over the current snapshot without limits (CLI and jobs).

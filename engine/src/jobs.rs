@@ -6,13 +6,14 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, Utc};
 
-use crate::table::{EventTable, TableSpec};
+use crate::registry::{self, TableSpec};
+use crate::table::EventTable;
 use crate::{Result, Storage};
 
-pub const JOB_RUNS_TABLE: &str = "job_runs";
+pub const JOB_RUNS_TABLE: &str = registry::JOB_RUNS.name;
 
 #[derive(Debug, Clone)]
 pub struct JobRun {
@@ -31,29 +32,11 @@ pub struct JobRuns;
 
 impl JobRuns {
     pub fn schema() -> SchemaRef {
-        let ts = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
-        Arc::new(Schema::new(vec![
-            Field::new("job", DataType::Utf8, false),
-            Field::new("started_at", ts.clone(), false),
-            Field::new("finished_at", ts, false),
-            Field::new("status", DataType::Utf8, false),
-            Field::new("rows", DataType::Int64, false),
-            Field::new("detail", DataType::Utf8, true),
-            Field::new("run_date", DataType::Date32, false),
-        ]))
+        registry::job_runs_schema()
     }
 
     pub fn spec() -> TableSpec {
-        TableSpec {
-            name: JOB_RUNS_TABLE,
-            schema: Self::schema(),
-            partition_column: "run_date",
-            sort_column: "started_at",
-            stats_columns: &["job", "started_at", "finished_at", "status", "rows"],
-            bloom_columns: &[],
-            high_cardinality: &["detail"],
-            lz4: false,
-        }
+        registry::JOB_RUNS.spec()
     }
 
     pub async fn open(storage: &Storage) -> Result<EventTable> {

@@ -14,7 +14,7 @@
 mod bounded;
 mod cache;
 mod catalog;
-mod distinct;
+pub mod delta;
 mod error;
 mod format;
 pub mod gdpr;
@@ -23,6 +23,7 @@ pub mod memory;
 mod panel;
 mod readonly;
 mod redact;
+pub mod registry;
 mod rollup;
 mod session;
 pub mod sketch;
@@ -32,34 +33,40 @@ mod writer;
 
 pub use cache::{CachedResult, ResultCache};
 pub use catalog::{Catalog, QueryLimits, Snapshot, TableEntry};
+pub use delta::commit::{AppendOutcome, RawAppend, TxnUpdate, TOMBSTONE_MARKER_APP_ID};
+pub use delta::layout;
+pub use delta::log::changed_dates;
 pub use error::{EngineError, Result};
 pub use format::{write_batches, OutputFormat};
 pub use jobs::{JobRun, JobRuns, JOB_RUNS_TABLE};
-pub use panel::{Panel, PanelParams, PanelResult, Panels, ParamKind, ParamSpec};
+pub use panel::{
+    Panel, PanelParams, PanelRequest, PanelResult, Panels, ParamKind, ParamRule, ParamSpec,
+    ParamValue, Period, PreparedPanel, PARAMS,
+};
 pub use readonly::{
     check_size, check_statement, is_deterministic, is_explain, plan_read_only, tables_read,
 };
 pub use redact::Redactor;
-pub use rollup::{changed_dates, RollupBuilder, RollupReport, RollupSpec, ROLLUPS};
+pub use registry::{RollupSpec, TableSpec, ROLLUPS};
+pub use rollup::{RollupBuilder, RollupReport};
 pub use session::{scalar_i64, PlannedQuery, SqlSession};
 pub use storage::{Storage, StorageOptions};
-pub use table::{
-    AppendOutcome, EventTable, RawAppend, TableSpec, TxnUpdate, TOMBSTONE_MARKER_APP_ID,
-};
+pub use table::EventTable;
 pub use writer::writer_properties;
 
 /// Re-exported so that callers name one Delta version.
 pub use deltalake;
 
-/// Creates every table Strata serves (event tables, dead letters, job runs, rollups) that does
-/// not exist yet, empty, so that panels and SQL find them from the first request.
+/// Creates every table Strata serves from the start (the registry's tables created at start:
+/// event tables, dead letters, job runs, then the rollups) that does not exist yet, empty, so
+/// that panels and SQL find them from the first request.
 pub async fn ensure_tables(storage: &Storage) -> Result<()> {
-    use strata_schemas::EventKind;
-    for kind in EventKind::ALL {
-        EventTable::open_or_create(storage, TableSpec::for_events(kind)).await?;
+    use registry::Creation;
+    for decl in registry::TABLES {
+        if decl.creation == Creation::AtStart {
+            EventTable::open_or_create(storage, decl.spec()).await?;
+        }
     }
-    EventTable::open_or_create(storage, TableSpec::dead_letters()).await?;
-    JobRuns::open(storage).await?;
     let catalog = Catalog::open(storage).await?;
     rollup::ensure_rollup_tables(&catalog).await
 }

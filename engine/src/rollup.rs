@@ -6,7 +6,8 @@
 //!                                                        (one commit, txn = source version consumed)
 //! ```
 //!
-//! A rollup's source may itself be a rollup (`click_stats_daily_totals` reads
+//! The rollups are declared in the registry ([`crate::registry::ROLLUPS`]); this module runs
+//! them. A rollup's source may itself be a rollup (`click_stats_daily_totals` reads
 //! `click_stats_daily`, which runs first): its replaced partitions are changed days like any.
 //!
 //! A run reads the version of the source it last consumed from its own `txn` action
@@ -21,89 +22,18 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::NaiveDate;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::Transaction;
-use deltalake::protocol::SaveMode;
-use object_store::path::Path;
-use object_store::ObjectStoreExt;
+use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::delta::commit::{self, PartitionReplace};
+use crate::delta::log::changed_dates;
 use crate::jobs::{JobRun, JobRuns};
-use crate::table::{EventTable, TableSpec};
+use crate::registry::{RollupSpec, ROLLUPS};
+use crate::table::EventTable;
 use crate::{Catalog, EngineError, Result, Storage};
 
-/// One rollup: its table, its source and its SQL.
-#[derive(Debug, Clone, Copy)]
-pub struct RollupSpec {
-    pub name: &'static str,
-    pub source: &'static str,
-    pub sql: &'static str,
-    pub stats_columns: &'static [&'static str],
-}
-
-pub const ROLLUPS: &[RollupSpec] = &[
-    RollupSpec {
-        name: "click_stats_daily",
-        source: "link_clicks",
-        sql: include_str!("../sql/rollups/click_stats_daily.sql"),
-        stats_columns: &[
-            "category",
-            "item_type",
-            "source",
-            "clicks",
-            "human_clicks",
-            "unique_users",
-            "unique_sessions",
-        ],
-    },
-    // After click_stats_daily, which is its source: the days that run replaced are the days
-    // this one recomputes.
-    RollupSpec {
-        name: "click_stats_daily_totals",
-        source: "click_stats_daily",
-        sql: include_str!("../sql/rollups/click_stats_daily_totals.sql"),
-        stats_columns: &["clicks", "human_clicks", "unique_users", "unique_sessions"],
-    },
-    RollupSpec {
-        name: "click_stats_daily_items",
-        source: "link_clicks",
-        sql: include_str!("../sql/rollups/click_stats_daily_items.sql"),
-        stats_columns: &[
-            "event_date",
-            "item_type",
-            "category",
-            "clicks",
-            "unique_users",
-        ],
-    },
-    // After click_stats_daily_items, which is its source.
-    RollupSpec {
-        name: "click_stats_daily_top_items",
-        source: "click_stats_daily_items",
-        sql: include_str!("../sql/rollups/click_stats_daily_top_items.sql"),
-        stats_columns: &["event_date", "item_type", "category", "clicks"],
-    },
-    RollupSpec {
-        name: "ai_usage_daily",
-        source: "ai_usage",
-        sql: include_str!("../sql/rollups/ai_usage_daily.sql"),
-        stats_columns: &[
-            "feature", "provider", "model", "calls", "errors", "cost_usd",
-        ],
-    },
-];
-
 impl RollupSpec {
-    pub fn get(name: &str) -> Option<&'static RollupSpec> {
-        ROLLUPS.iter().find(|r| r.name == name)
-    }
-
-    /// The `txn` app id under which each commit records the source version it consumed.
-    pub fn app_id(&self) -> String {
-        format!("strata-rollup-{}", self.name)
-    }
-
     /// The SQL restricted to `dates` (all dates when None).
     pub fn sql_for(&self, dates: Option<&BTreeSet<NaiveDate>>) -> String {
         let predicate = match dates {
@@ -138,6 +68,23 @@ pub struct RollupReport {
     pub rows: usize,
     pub version: Option<u64>,
     pub elapsed_ms: u64,
+}
+
+impl RollupReport {
+    /// A report of a run that has done nothing yet.
+    fn start(spec: &RollupSpec, to_version: Option<u64>) -> Self {
+        Self {
+            rollup: spec.name.into(),
+            source: spec.source.into(),
+            from_version: None,
+            to_version,
+            full: false,
+            dates: vec![],
+            rows: 0,
+            version: None,
+            elapsed_ms: 0,
+        }
+    }
 }
 
 /// Runs rollups: `.rebuild(true)` to recompute every day, `.only(name)` to run one.
@@ -221,20 +168,15 @@ impl RollupBuilder {
     }
 }
 
-async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<RollupReport> {
+async fn run_one(
+    catalog: &Catalog,
+    spec: &'static RollupSpec,
+    rebuild: bool,
+) -> Result<RollupReport> {
     let started = Instant::now();
+    let ms = || started.elapsed().as_millis() as u64;
     let snapshot = catalog.refresh().await?;
-    let mut report = RollupReport {
-        rollup: spec.name.into(),
-        source: spec.source.into(),
-        from_version: None,
-        to_version: snapshot.version(spec.source),
-        full: false,
-        dates: vec![],
-        rows: 0,
-        version: None,
-        elapsed_ms: 0,
-    };
+    let mut report = RollupReport::start(spec, snapshot.version(spec.source));
     let Some(to_version) = report.to_version else {
         info!(
             rollup = spec.name,
@@ -245,90 +187,48 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
     let ctx = snapshot.context(catalog.runtime(), &Default::default())?;
     let schema = output_schema(&ctx, spec).await?;
     let mut table = open_rollup(catalog.storage(), spec, schema.clone()).await?;
-    let app_id = spec.app_id();
-    let from = table.txn_versions(std::slice::from_ref(&app_id)).await?[&app_id];
-    report.from_version = from.map(|v| v as u64);
-
-    // A rollup whose SQL changed its columns is rebuilt, with the new schema.
-    // Compared as sets: Delta keeps partition columns last.
-    let stored: BTreeSet<String> = table
-        .delta()
-        .snapshot()?
-        .schema()
-        .fields()
-        .map(|f| f.name().to_string())
-        .collect();
-    let wanted: BTreeSet<String> = schema
-        .fields()
-        .iter()
-        .map(|f| f.name().to_string())
-        .collect();
-    let schema_changed = stored != wanted;
-    if schema_changed {
-        info!(
-            rollup = spec.name,
-            "columns changed; rebuilding with the new schema"
-        );
-    }
-    let rebuild = rebuild || schema_changed;
-    let dates = match (rebuild, from) {
-        (false, Some(v)) if v as u64 == to_version => {
-            report.elapsed_ms = started.elapsed().as_millis() as u64;
+    let plan = plan_run(
+        catalog.storage(),
+        spec,
+        &table,
+        &schema,
+        rebuild,
+        to_version,
+    )
+    .await?;
+    report.from_version = plan.from;
+    let dates = match plan.work {
+        Work::Nothing => {
+            report.elapsed_ms = ms();
             report.version = table.version();
             return Ok(report);
         }
-        (false, Some(v)) if (v as u64) < to_version => {
-            changed_dates(catalog.storage(), spec.source, v as u64 + 1, to_version).await?
-        }
-        _ => None,
+        Work::Days(dates) => Some(dates),
+        Work::Everything => None,
     };
-    if dates.as_ref().is_some_and(|d| d.is_empty()) {
-        // Source commits without files (ingest advancing offsets only): no day changed.
-        report.elapsed_ms = started.elapsed().as_millis() as u64;
-        report.version = table.version();
-        return Ok(report);
-    }
     report.full = dates.is_none();
     report.dates = dates.iter().flatten().copied().collect();
 
-    let prepared_ms = started.elapsed().as_millis() as u64;
-    let sql = spec.sql_for(dates.as_ref());
-    let df = ctx.sql(&sql).await?;
-    let batches: Vec<RecordBatch> = df
-        .collect()
-        .await
-        .map_err(EngineError::from_execution)?
-        .iter()
-        .map(|b| normalize(b, &schema))
-        .collect::<Result<_>>()?;
+    let prepared_ms = ms();
+    let batches = compute(&ctx, spec, dates.as_ref(), &schema).await?;
     report.rows = batches.iter().map(|b| b.num_rows()).sum();
-    let computed_ms = started.elapsed().as_millis() as u64;
+    let computed_ms = ms();
 
-    let props = CommitProperties::default()
-        .with_application_transaction(Transaction::new(&app_id, to_version as i64))
-        .with_max_retries(10);
-    let mut write = table
-        .delta()
-        .clone()
-        .write(if batches.is_empty() {
-            vec![RecordBatch::new_empty(schema.clone())]
-        } else {
-            batches
-        })
-        .with_save_mode(SaveMode::Overwrite)
-        .with_partition_columns(["event_date"])
-        .with_writer_properties(crate::writer_properties(table.spec()))
-        .with_commit_properties(props);
-    if schema_changed {
-        write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
-    }
-    if let Some(d) = &dates {
-        write = write.with_replace_where(dates_predicate(d));
-    }
-    let written = write.await?;
-    report.version = written.version();
+    let batches = if batches.is_empty() {
+        vec![RecordBatch::new_empty(schema.clone())]
+    } else {
+        batches
+    };
+    let replace = PartitionReplace {
+        app_id: spec.app_id(),
+        version: to_version as i64,
+        replace_where: dates.as_ref().map(dates_predicate),
+        new_schema: plan.schema_changed,
+    };
+    report.version =
+        commit::replace_partitions(table.delta(), table.spec(), batches, replace).await?;
     table.refresh().await?;
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.elapsed_ms = ms();
     info!(
         rollup = spec.name,
         full = report.full,
@@ -342,11 +242,99 @@ async fn run_one(catalog: &Catalog, spec: &RollupSpec, rebuild: bool) -> Result<
     Ok(report)
 }
 
-/// The rollup's schema as a Delta table can hold it (view types made plain).
-async fn output_schema(
-    ctx: &datafusion::prelude::SessionContext,
+/// What a run recomputes.
+enum Work {
+    /// Nothing: the source has not changed, or only by commits without files (ingest
+    /// advancing offsets only).
+    Nothing,
+    /// These days.
+    Days(BTreeSet<NaiveDate>),
+    /// Every day: a first run, a rebuild, new columns, or a log that cannot say which days.
+    Everything,
+}
+
+/// What a run starts from and must do.
+struct Plan {
+    /// The source version the previous run consumed (None: never run).
+    from: Option<u64>,
+    /// The rollup's SQL changed its columns: it is rebuilt with the new schema.
+    schema_changed: bool,
+    work: Work,
+}
+
+/// Reads the source version the rollup last consumed from its own `txn`, and the days whose
+/// files changed in the source since.
+async fn plan_run(
+    storage: &Storage,
     spec: &RollupSpec,
-) -> Result<SchemaRef> {
+    table: &EventTable,
+    schema: &SchemaRef,
+    rebuild: bool,
+    to_version: u64,
+) -> Result<Plan> {
+    let app_id = spec.app_id();
+    let from = table.txn_versions(std::slice::from_ref(&app_id)).await?[&app_id];
+    let schema_changed = columns_changed(table, schema)?;
+    if schema_changed {
+        info!(
+            rollup = spec.name,
+            "columns changed; rebuilding with the new schema"
+        );
+    }
+    let work = match (rebuild || schema_changed, from) {
+        (false, Some(v)) if v as u64 == to_version => Work::Nothing,
+        (false, Some(v)) if (v as u64) < to_version => {
+            match changed_dates(storage, spec.source, v as u64 + 1, to_version).await? {
+                Some(dates) if dates.is_empty() => Work::Nothing,
+                Some(dates) => Work::Days(dates),
+                None => Work::Everything,
+            }
+        }
+        _ => Work::Everything,
+    };
+    Ok(Plan {
+        from: from.map(|v| v as u64),
+        schema_changed,
+        work,
+    })
+}
+
+/// Whether the rollup's columns differ from the table's. Compared as sets: Delta keeps
+/// partition columns last.
+fn columns_changed(table: &EventTable, schema: &SchemaRef) -> Result<bool> {
+    let stored: BTreeSet<String> = table
+        .delta()
+        .snapshot()?
+        .schema()
+        .fields()
+        .map(|f| f.name().to_string())
+        .collect();
+    let wanted: BTreeSet<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    Ok(stored != wanted)
+}
+
+/// The rollup's rows for `dates` (every day when None), in `schema`.
+async fn compute(
+    ctx: &SessionContext,
+    spec: &RollupSpec,
+    dates: Option<&BTreeSet<NaiveDate>>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let df = ctx.sql(&spec.sql_for(dates)).await?;
+    df.collect()
+        .await
+        .map_err(EngineError::from_execution)?
+        .iter()
+        .map(|b| normalize(b, schema))
+        .collect()
+}
+
+/// The rollup's schema as a Delta table can hold it (view types made plain).
+async fn output_schema(ctx: &SessionContext, spec: &RollupSpec) -> Result<SchemaRef> {
     let df = ctx.sql(&spec.sql_for(Some(&BTreeSet::new()))).await?;
     let fields: Vec<Field> = df
         .schema()
@@ -382,78 +370,10 @@ fn normalize(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 
 async fn open_rollup(
     storage: &Storage,
-    spec: &RollupSpec,
+    spec: &'static RollupSpec,
     schema: SchemaRef,
 ) -> Result<EventTable> {
-    let table = EventTable::open_or_create(
-        storage,
-        TableSpec {
-            name: spec.name,
-            schema,
-            partition_column: "event_date",
-            sort_column: "event_date",
-            stats_columns: spec.stats_columns,
-            bloom_columns: &[],
-            high_cardinality: &[
-                "users_sketch",
-                "sessions_sketch",
-                "items_sketch",
-                "latency_sketch",
-                "item_id",
-            ],
-            lz4: true,
-        },
-    )
-    .await?;
-    Ok(table)
-}
-
-/// The `event_date`s of the files added or removed in versions `from..=to` of a table, read
-/// from its commit files. None when a commit file is gone or a remove carries no partition
-/// values: the caller then recomputes everything.
-pub async fn changed_dates(
-    storage: &Storage,
-    table: &str,
-    from: u64,
-    to: u64,
-) -> Result<Option<BTreeSet<NaiveDate>>> {
-    let mut dates = BTreeSet::new();
-    for v in from..=to {
-        let path = Path::from(format!("tables/{table}/_delta_log/{v:020}.json"));
-        let bytes = match storage.store().get(&path).await {
-            Ok(r) => r
-                .bytes()
-                .await
-                .map_err(|e| EngineError::Internal(format!("reading {path}: {e}")))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                warn!(
-                    table,
-                    version = v,
-                    "commit file is gone; recomputing everything"
-                );
-                return Ok(None);
-            }
-            Err(e) => return Err(EngineError::Internal(format!("reading {path}: {e}"))),
-        };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let action: serde_json::Value = serde_json::from_slice(line)
-                .map_err(|e| EngineError::Internal(format!("{path} is not JSON lines: {e}")))?;
-            for kind in ["add", "remove"] {
-                let Some(a) = action.get(kind) else { continue };
-                let value = a
-                    .get("partitionValues")
-                    .and_then(|p| p.get("event_date"))
-                    .and_then(|d| d.as_str());
-                match value.map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d")) {
-                    Some(Ok(d)) => {
-                        dates.insert(d);
-                    }
-                    _ => return Ok(None),
-                }
-            }
-        }
-    }
-    Ok(Some(dates))
+    EventTable::open_or_create(storage, spec.table().spec_with(schema)).await
 }
 
 /// Creates the rollup tables that do not exist yet, empty (their schema comes from their SQL).

@@ -55,6 +55,13 @@ impl PlannedQuery {
     pub fn schema(&self) -> SchemaRef {
         Arc::new(self.df.schema().as_arrow().clone())
     }
+
+    /// The result cache's key for the answer of `sql` (the text this was planned from): the
+    /// statement and the versions it read; None when the answer bypasses the cache.
+    pub fn cache_key(&self, sql: &str) -> Option<String> {
+        self.cacheable
+            .then(|| format!("sql\n{sql}\n{}", self.versions.join(",")))
+    }
 }
 
 /// The first value of the first column as an integer (a `count(*)` and the like); None when

@@ -1,11 +1,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
 
-use deltalake::{DeltaTableBuilder, ObjectStore, Path};
+use deltalake::{DeltaTableBuilder, ObjectStore};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use url::Url;
 
+use crate::delta::layout;
 use crate::{EngineError, Result};
 
 /// Where tables live and how to reach them.
@@ -70,7 +71,7 @@ impl Storage {
     }
 
     async fn probe(&self) -> Result<()> {
-        let path = Path::from(format!(".strata-probe-{}", uuid::Uuid::new_v4()));
+        let path = layout::probe_file(&uuid::Uuid::new_v4().to_string());
         self.store
             .put(&path, object_store::PutPayload::from_static(b"probe"))
             .await
@@ -98,17 +99,14 @@ impl Storage {
 
     /// `<root>/tables/<name>/`
     pub fn table_url(&self, name: &str) -> Url {
-        let mut url = self.root.clone();
-        let path = format!("{}/tables/{name}/", url.path().trim_end_matches('/'));
-        url.set_path(&path);
-        url
+        layout::table_url(&self.root, name)
     }
 
     /// Names of the Delta tables under `<root>/tables/` (directories holding a `_delta_log`).
     pub async fn list_tables(&self) -> Result<Vec<String>> {
         let listing = self
             .store
-            .list_with_delimiter(Some(&Path::from("tables")))
+            .list_with_delimiter(Some(&layout::tables_dir()))
             .await;
         let listing = match listing {
             Ok(l) => l,
@@ -120,7 +118,7 @@ impl Storage {
             let Some(name) = prefix.filename() else {
                 continue;
             };
-            let log = Path::from(format!("tables/{name}/_delta_log"));
+            let log = layout::delta_log_dir(name);
             let mut entries = self.store.list(Some(&log));
             if entries.try_next().await.ok().flatten().is_some() {
                 names.push(name.to_string());

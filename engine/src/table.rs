@@ -1,158 +1,16 @@
+//! A Delta table Strata appends to: opened (or created) from its declaration in the
+//! registry, appended to through [`crate::delta::commit`], which fences every append by
+//! `txn` versions and the GDPR tombstone marker.
+
 use std::collections::HashMap;
 
 use arrow::array::RecordBatch;
-use arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
-use arrow::datatypes::SchemaRef;
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, Add, StructType, Transaction};
-use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
-use object_store::path::Path;
-use object_store::ObjectStoreExt;
-use strata_schemas::{dead_letter_schema, EventKind, DEAD_LETTERS_TABLE, PARTITION_COLUMN};
-use tracing::{debug, info, warn};
+use deltalake::{DeltaTable, DeltaTableError};
 
-use crate::writer::writer_properties;
+use crate::delta::commit::{self, AppendOutcome, RawAppend, TxnUpdate};
+use crate::delta::log;
+use crate::registry::TableSpec;
 use crate::{EngineError, Result, Storage};
-
-/// What a table looks like and how its files are written.
-#[derive(Debug, Clone)]
-pub struct TableSpec {
-    pub name: &'static str,
-    pub schema: SchemaRef,
-    pub partition_column: &'static str,
-    /// Rows are ordered by this column within each file.
-    pub sort_column: &'static str,
-    /// Columns that get Delta data-skipping statistics. Identifiers and free text are left
-    /// out so that no personal data reaches the transaction log.
-    pub stats_columns: &'static [&'static str],
-    pub bloom_columns: &'static [&'static str],
-    /// Columns where a dictionary would only cost time.
-    pub high_cardinality: &'static [&'static str],
-    /// Every column LZ4 instead of zstd: for small tables that cold panels read whole, where
-    /// the decoder parquet-rs creates per zstd page costs more than the page.
-    pub lz4: bool,
-}
-
-impl TableSpec {
-    pub fn for_events(kind: EventKind) -> Self {
-        match kind {
-            EventKind::LinkClick => Self {
-                name: kind.table(),
-                schema: kind.table_schema(),
-                partition_column: PARTITION_COLUMN,
-                sort_column: "occurred_at",
-                stats_columns: &[
-                    "schema_version",
-                    "occurred_at",
-                    "item_type",
-                    "category",
-                    "source",
-                    "country",
-                    "device",
-                    "is_bot",
-                    "kafka_partition",
-                    "kafka_offset",
-                    "ingested_at",
-                ],
-                bloom_columns: &["user_id", "anonymous_id"],
-                high_cardinality: &["event_id", "target_url", "session_id"],
-                lz4: false,
-            },
-            EventKind::AiUsage => Self {
-                name: kind.table(),
-                schema: kind.table_schema(),
-                partition_column: PARTITION_COLUMN,
-                sort_column: "occurred_at",
-                stats_columns: &[
-                    "schema_version",
-                    "occurred_at",
-                    "feature",
-                    "provider",
-                    "model",
-                    "input_tokens",
-                    "output_tokens",
-                    "cost_usd",
-                    "status",
-                    "latency_ms",
-                    "kafka_partition",
-                    "kafka_offset",
-                    "ingested_at",
-                ],
-                bloom_columns: &["user_id"],
-                high_cardinality: &["event_id", "session_id"],
-                lz4: false,
-            },
-        }
-    }
-
-    pub fn dead_letters() -> Self {
-        Self {
-            name: DEAD_LETTERS_TABLE,
-            schema: dead_letter_schema(),
-            partition_column: "received_date",
-            sort_column: "received_at",
-            stats_columns: &[
-                "topic",
-                "partition",
-                "offset",
-                "payload_is_lossy",
-                "received_at",
-            ],
-            bloom_columns: &["key"],
-            high_cardinality: &["payload"],
-            lz4: false,
-        }
-    }
-
-    pub(crate) fn sort_column_index(&self) -> Option<usize> {
-        self.schema.index_of(self.sort_column).ok()
-    }
-}
-
-/// Advance of one Kafka partition's offset, carried as a Delta `txn` action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnUpdate {
-    /// `strata-<group>-<topic>-<partition>`
-    pub app_id: String,
-    /// The version this writer believes the table holds (None: never written).
-    pub expected: Option<i64>,
-    /// The next offset to consume after this commit.
-    pub next: i64,
-}
-
-/// The `txn` app id of the GDPR tombstone marker in every raw table: its version is the
-/// `gdpr_tombstones` version that commits after it were filtered with (see
-/// [`EventTable::append_filtered`]).
-pub const TOMBSTONE_MARKER_APP_ID: &str = "strata-gdpr-tombstones";
-
-/// Commit attempts an append makes when other commits keep landing first.
-const MAX_CONFLICT_RETRIES: u32 = 50;
-
-/// What an append of filtered rows came to.
-#[derive(Debug, Clone)]
-pub enum RawAppend {
-    Committed(AppendOutcome),
-    /// A purge has committed a newer tombstone marker than the tombstones the rows were
-    /// filtered with: nothing was committed.
-    StaleTombstones {
-        marker: i64,
-        filtered_with: i64,
-    },
-}
-
-/// What an append did.
-#[derive(Debug, Clone, Default)]
-pub struct AppendOutcome {
-    pub version: u64,
-    pub rows: usize,
-    pub files: usize,
-    pub bytes: i64,
-    /// Commit attempts that lost a race and were checked again.
-    pub retries: u32,
-}
 
 /// A Delta table Strata appends to.
 pub struct EventTable {
@@ -173,8 +31,7 @@ impl EventTable {
     /// Loads the table, creating it on first use. Two processes creating it at once is fine:
     /// the loser of the race for version 0 loads what the winner made.
     pub async fn open_or_create(storage: &Storage, spec: TableSpec) -> Result<Self> {
-        let url = storage.table_url(spec.name);
-        if let Ok(dir) = url.to_file_path() {
+        if let Ok(dir) = storage.table_url(spec.name).to_file_path() {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 EngineError::config(format!(
                     "cannot create table directory {}: {e}",
@@ -182,49 +39,13 @@ impl EventTable {
                 ))
             })?;
         }
-        let builder = DeltaTableBuilder::from_url(url.clone())?
-            .with_storage_options(storage.options().clone());
-        match builder.load().await {
+        match log::load(storage, spec.name).await {
             Ok(table) => return Ok(Self { spec, table }),
             Err(DeltaTableError::NotATable(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let schema: StructType = spec.schema.as_ref().try_into_kernel().map_err(|e| {
-            EngineError::Internal(format!(
-                "schema of {} has no Delta equivalent: {e}",
-                spec.name
-            ))
-        })?;
-        let table = DeltaTableBuilder::from_url(url.clone())?
-            .with_storage_options(storage.options().clone())
-            .build()?;
-        let created = table
-            .create()
-            .with_table_name(spec.name)
-            .with_columns(schema.fields().cloned())
-            .with_partition_columns([spec.partition_column])
-            .with_configuration_property(
-                TableProperty::DataSkippingStatsColumns,
-                Some(spec.stats_columns.join(",")),
-            )
-            .with_configuration_property(TableProperty::CheckpointInterval, Some("50"))
-            .with_save_mode(SaveMode::Ignore)
-            .await;
-        match created {
-            Ok(table) => {
-                info!(table = spec.name, "created table");
-                Ok(Self { spec, table })
-            }
-            Err(e) => {
-                // Lost the creation race: load what the winner committed.
-                debug!(table = spec.name, error = %e, "create failed, loading");
-                let table = DeltaTableBuilder::from_url(url)?
-                    .with_storage_options(storage.options().clone())
-                    .load()
-                    .await?;
-                Ok(Self { spec, table })
-            }
-        }
+        let table = commit::create_table(storage, &spec).await?;
+        Ok(Self { spec, table })
     }
 
     pub fn name(&self) -> &'static str {
@@ -239,6 +60,11 @@ impl EventTable {
         &self.table
     }
 
+    /// The loaded state, for the commits of `delta::commit` that are not appends.
+    pub(crate) fn delta_mut(&mut self) -> &mut DeltaTable {
+        &mut self.table
+    }
+
     pub fn version(&self) -> Option<u64> {
         self.table.version()
     }
@@ -251,14 +77,7 @@ impl EventTable {
 
     /// The offsets stored in the table for the given app ids (as of the loaded state).
     pub async fn txn_versions(&self, app_ids: &[String]) -> Result<HashMap<String, Option<i64>>> {
-        let state = self.table.snapshot()?;
-        let log_store = self.table.log_store();
-        let mut out = HashMap::with_capacity(app_ids.len());
-        for id in app_ids {
-            let v = state.transaction_version(log_store.as_ref(), id).await?;
-            out.insert(id.clone(), v);
-        }
-        Ok(out)
+        log::txn_versions(&self.table, app_ids).await
     }
 
     /// (Kafka partition, event id) of the rows that came from each given partition at or
@@ -321,7 +140,7 @@ impl EventTable {
         batches: &[RecordBatch],
         txns: &[TxnUpdate],
     ) -> Result<AppendOutcome> {
-        match self.commit_append(batches, txns, None).await? {
+        match commit::append(&mut self.table, &self.spec, batches, txns, None).await? {
             RawAppend::Committed(done) => Ok(done),
             RawAppend::StaleTombstones { .. } => Err(EngineError::Internal(
                 "an append without a tombstone fence was fenced by tombstones".into(),
@@ -334,7 +153,7 @@ impl EventTable {
     /// purges.
     ///
     /// A purge writes its tombstones (version T), then commits the marker
-    /// `txn(`[`TOMBSTONE_MARKER_APP_ID`]`, T)` to every raw table, and only then scans the
+    /// `txn(`[`crate::TOMBSTONE_MARKER_APP_ID`]`, T)` to every raw table, and only then scans the
     /// table (a snapshot at or after the marker) and rewrites it. This commit carries the same
     /// app id (with the version it was filtered with, so the marker never goes down), and is
     /// refused ([`RawAppend::StaleTombstones`], nothing committed, no file left behind) when
@@ -344,11 +163,11 @@ impl EventTable {
     /// Why nothing of a purged subject can slip in: Delta orders commits, and delta-rs's
     /// conflict checker fails a commit when any commit that landed after its read snapshot
     /// carries a `txn` of an app id the commit itself carries (`ConcurrentTransaction`), so the
-    /// marker check below and this commit act as one step. Either this commit lands before the
-    /// marker: then the purge's scan, which starts after the marker, sees these rows and
-    /// removes them; or it lands after the marker: then it saw the marker (directly, or after
-    /// a conflict sent it round the loop again) and was filtered with tombstones at least as
-    /// new as T, which drop the subject.
+    /// marker check of `delta::commit::append` and this commit act as one step. Either this
+    /// commit lands before the marker: then the purge's scan, which starts after the marker,
+    /// sees these rows and removes them; or it lands after the marker: then it saw the marker
+    /// (directly, or after a conflict sent it round the loop again) and was filtered with
+    /// tombstones at least as new as T, which drop the subject.
     pub async fn append_filtered(
         &mut self,
         batches: &[RecordBatch],
@@ -357,163 +176,17 @@ impl EventTable {
     ) -> Result<RawAppend> {
         // Version 0 of `gdpr_tombstones` is its creation commit, which holds no tombstone:
         // the same filter as no table at all.
-        let filtered_with = tombstones.map_or(0, |v| v as i64);
-        self.commit_append(batches, txns, Some(filtered_with)).await
-    }
-
-    async fn commit_append(
-        &mut self,
-        batches: &[RecordBatch],
-        txns: &[TxnUpdate],
-        filtered_with: Option<i64>,
-    ) -> Result<RawAppend> {
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let mut app_ids: Vec<String> = txns.iter().map(|t| t.app_id.clone()).collect();
-        if filtered_with.is_some() {
-            app_ids.push(TOMBSTONE_MARKER_APP_ID.to_string());
-        }
-        // Written once the fences first pass, kept across conflict retries.
-        let mut adds: Option<Vec<Add>> = None;
-        let mut uncertain = false;
-        let mut retries = 0;
-        loop {
-            self.refresh().await?;
-            let stored = self.txn_versions(&app_ids).await?;
-            for t in txns {
-                let found = stored.get(&t.app_id).copied().flatten();
-                if found != t.expected {
-                    if !uncertain {
-                        self.discard(adds.as_deref()).await;
-                    }
-                    return Err(EngineError::Fenced {
-                        app_id: t.app_id.clone(),
-                        expected: t.expected,
-                        found,
-                    });
-                }
-            }
-            let mut app_txns: Vec<(String, i64)> =
-                txns.iter().map(|t| (t.app_id.clone(), t.next)).collect();
-            if let Some(filtered) = filtered_with {
-                let marker = stored.get(TOMBSTONE_MARKER_APP_ID).copied().flatten();
-                if let Some(marker) = marker.filter(|m| *m > filtered) {
-                    if !uncertain {
-                        self.discard(adds.as_deref()).await;
-                    }
-                    return Ok(RawAppend::StaleTombstones {
-                        marker,
-                        filtered_with: filtered,
-                    });
-                }
-                // Never lower the marker (it is at most `filtered` here).
-                app_txns.push((
-                    TOMBSTONE_MARKER_APP_ID.to_string(),
-                    marker.map_or(filtered, |m| m.max(filtered)),
-                ));
-            }
-            if adds.is_none() {
-                adds = Some(self.write_files(batches, rows).await?);
-            }
-            let files = adds.as_deref().unwrap_or_default();
-            let now = chrono::Utc::now().timestamp_millis();
-            let actions: Vec<Action> = files.iter().cloned().map(Action::Add).collect();
-            let props = CommitProperties::default()
-                .with_application_transactions(
-                    app_txns
-                        .iter()
-                        .map(|(id, v)| Transaction::new_with_last_update(id, *v, Some(now)))
-                        .collect(),
-                )
-                .with_max_retries(20);
-            let operation = DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: Some(vec![self.spec.partition_column.to_string()]),
-                predicate: None,
-            };
-            let snapshot = self.table.snapshot()?;
-            let committed = CommitBuilder::from(props)
-                .with_actions(actions)
-                .build(Some(snapshot), self.table.log_store(), operation)
-                .await;
-            match committed {
-                Ok(done) => {
-                    let version = done.version();
-                    let (files, bytes) = (files.len(), files.iter().map(|a| a.size).sum());
-                    self.table.update_state().await?;
-                    return Ok(RawAppend::Committed(AppendOutcome {
-                        version,
-                        rows,
-                        files,
-                        bytes,
-                        retries,
-                    }));
-                }
-                // Another commit landed first (another partition's writer, a purge's marker
-                // or rewrite): check the fences again on the new state. Writers that carry
-                // the marker app id conflict with each other too, hence the generous limit.
-                Err(DeltaTableError::Transaction { source }) if retries < MAX_CONFLICT_RETRIES => {
-                    debug!(table = self.spec.name, error = %source, "commit conflict, checking fences again");
-                    // Only a conflict proves that nothing was written; after any other
-                    // failure the files may be part of a commit and are never deleted.
-                    uncertain |= !matches!(source, TransactionError::CommitConflict(_));
-                    retries += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// The Parquet files of `batches` (none when they hold no row), written but not committed.
-    async fn write_files(&self, batches: &[RecordBatch], rows: usize) -> Result<Vec<Add>> {
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let batch = self.sorted(batches)?;
-        let mut writer = RecordBatchWriter::for_table(&self.table)?
-            .with_writer_properties(writer_properties(&self.spec));
-        writer.write(batch).await?;
-        Ok(writer.flush().await?)
-    }
-
-    /// Deletes files written for a commit that will not happen: no reader reaches them, and
-    /// no purge would find the rows they hold.
-    async fn discard(&self, adds: Option<&[Add]>) {
-        let store = self.table.object_store();
-        for add in adds.unwrap_or_default() {
-            let path = Path::parse(&add.path).unwrap_or_else(|_| Path::from(add.path.as_str()));
-            if let Err(e) = store.delete(&path).await {
-                if !matches!(e, object_store::Error::NotFound { .. }) {
-                    warn!(table = self.spec.name, error = %e, "deleting an uncommitted file failed");
-                }
-            }
-        }
-    }
-
-    /// One batch ordered by (partition column, sort column).
-    fn sorted(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
-        let batch = concat_batches(&self.spec.schema, batches)?;
-        let cols = [self.spec.partition_column, self.spec.sort_column]
-            .iter()
-            .map(|c| SortColumn {
-                values: batch.column_by_name(c).expect("spec column exists").clone(),
-                options: None,
-            })
-            .collect::<Vec<_>>();
-        let idx = lexsort_to_indices(&cols, None)?;
-        let columns = batch
-            .columns()
-            .iter()
-            .map(|c| take(c, &idx, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(batch.schema(), columns)?)
+        let filtered_with = Some(tombstones.map_or(0, |v| v as i64));
+        commit::append(&mut self.table, &self.spec, batches, txns, filtered_with).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delta::layout;
     use crate::{SqlSession, StorageOptions};
-    use strata_schemas::{EventDecoder, RawMessage};
+    use strata_schemas::{EventDecoder, EventKind, RawMessage};
 
     fn batch(ids: &[&str]) -> RecordBatch {
         let payloads: Vec<String> = ids
@@ -634,11 +307,8 @@ mod tests {
         assert_eq!(a.recent_event_ids(&[(0, 0)]).await.unwrap().len(), 3);
 
         // Parquet settings: zstd, bloom filter on user_id, identifiers not in the log stats.
-        let log = std::fs::read_to_string(
-            dir.path()
-                .join("tables/link_clicks/_delta_log/00000000000000000001.json"),
-        )
-        .unwrap();
+        let commit = layout::commit_file("link_clicks", 1);
+        let log = std::fs::read_to_string(dir.path().join(commit.as_ref())).unwrap();
         assert!(log.contains("\"txn\""), "offsets ride in the commit");
         assert!(
             !log.contains("\\\"u-1\\\""),

@@ -1,13 +1,15 @@
+//! How Strata's Parquet files are written, from a table's declaration in the registry.
+
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::metadata::SortingColumn;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 
-use crate::table::TableSpec;
+use crate::registry::TableSpec;
 
-/// Parquet settings of every file Strata writes: zstd (LZ4 for the rollups), dictionaries for the low-cardinality
-/// strings, bloom filters on the subject columns (GDPR lookups skip files without reading
-/// them), rows ordered by `occurred_at`.
+/// Parquet settings of every file Strata writes: zstd (LZ4 for the rollups), dictionaries for
+/// the low-cardinality strings, bloom filters on the subject columns (GDPR lookups skip files
+/// without reading them), rows ordered by the table's sort column.
 pub fn writer_properties(spec: &TableSpec) -> WriterProperties {
     let mut b = WriterProperties::builder()
         // Level 1: ingest is CPU-bound on 2 cores; compaction may recompress harder.

@@ -38,14 +38,14 @@ pub async fn ingest_direct(
     for kind in EventKind::ALL {
         let topic = kind.default_topic().to_string();
         let id = app_id(group, &topic, 0);
-        let (table_next, dlq_next) = tables.stored_offsets(kind, &id).await?;
+        let stored = tables.stored_offsets(kind, &id).await?;
         parts.push(PartitionState::new(
             topic,
             0,
             kind,
             id,
-            (table_next, dlq_next),
-            DedupeWindow::new(200_000),
+            stored,
+            DedupeWindow::new(crate::IngestOptions::DEFAULT_DEDUPE_WINDOW),
         ));
     }
     let mut report = IngestReport::default();

@@ -9,7 +9,8 @@ pub struct TopicBinding {
     pub kind: EventKind,
 }
 
-/// Settings of one ingest process. `Default` gives the documented defaults.
+/// Settings of one ingest process. `Default` gives the documented defaults; each is declared
+/// once, as a `DEFAULT_*` constant below, which the CLI flags read too.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     /// Kafka bootstrap servers, `host:port[,host:port]`.
@@ -31,11 +32,28 @@ pub struct IngestOptions {
     pub kafka_config: Vec<(String, String)>,
 }
 
+impl IngestOptions {
+    pub const DEFAULT_BROKERS: &'static str = "127.0.0.1:9092";
+    pub const DEFAULT_GROUP: &'static str = "strata";
+    pub const DEFAULT_FLUSH_ROWS: usize = 200_000;
+    pub const DEFAULT_FLUSH_BYTES: usize = 64 * 1024 * 1024;
+    pub const DEFAULT_FLUSH_AGE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_DEDUPE_WINDOW: usize = 200_000;
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub fn kind_of(&self, topic: &str) -> Option<EventKind> {
+        self.topics
+            .iter()
+            .find(|t| t.topic == topic)
+            .map(|t| t.kind)
+    }
+}
+
 impl Default for IngestOptions {
     fn default() -> Self {
         Self {
-            brokers: "127.0.0.1:9092".into(),
-            group: "strata".into(),
+            brokers: Self::DEFAULT_BROKERS.into(),
+            group: Self::DEFAULT_GROUP.into(),
             topics: EventKind::ALL
                 .into_iter()
                 .map(|kind| TopicBinding {
@@ -43,21 +61,12 @@ impl Default for IngestOptions {
                     kind,
                 })
                 .collect(),
-            flush_rows: 200_000,
-            flush_bytes: 64 * 1024 * 1024,
-            flush_age: Duration::from_secs(10),
-            dedupe_window: 200_000,
-            connect_timeout: Duration::from_secs(10),
+            flush_rows: Self::DEFAULT_FLUSH_ROWS,
+            flush_bytes: Self::DEFAULT_FLUSH_BYTES,
+            flush_age: Self::DEFAULT_FLUSH_AGE,
+            dedupe_window: Self::DEFAULT_DEDUPE_WINDOW,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             kafka_config: vec![],
         }
-    }
-}
-
-impl IngestOptions {
-    pub fn kind_of(&self, topic: &str) -> Option<EventKind> {
-        self.topics
-            .iter()
-            .find(|t| t.topic == topic)
-            .map(|t| t.kind)
     }
 }

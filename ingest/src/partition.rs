@@ -66,6 +66,16 @@ impl PendingMessages {
     }
 }
 
+/// The `txn` versions one partition's app id has stored: where it resumes after a restart
+/// or a takeover.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredOffsets {
+    /// In the partition's event table: the next offset not yet committed there.
+    pub(crate) table_next: Option<i64>,
+    /// In `dead_letters`: rejects below it are already kept.
+    pub(crate) dlq_next: Option<i64>,
+}
+
 /// Everything the loop knows about one assigned partition.
 #[derive(Debug)]
 pub(crate) struct PartitionState {
@@ -99,9 +109,13 @@ impl PartitionState {
         partition: i32,
         kind: EventKind,
         app_id: String,
-        (table_next, dlq_next): (Option<i64>, Option<i64>),
+        stored: StoredOffsets,
         window: DedupeWindow,
     ) -> Self {
+        let StoredOffsets {
+            table_next,
+            dlq_next,
+        } = stored;
         Self {
             topic,
             partition,

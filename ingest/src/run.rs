@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::consumer::{connect, is_transient, IngestConsumer, RebalanceEvent};
 use crate::dedupe::{uuid_key, DedupeWindow};
 use crate::flush::{flush, Tables};
-use crate::partition::PartitionState;
+use crate::partition::{PartitionState, StoredOffsets};
 use crate::{app_id, IngestMetrics, IngestOptions, Result};
 
 /// How far before the stored offset a partition's first fetch starts; the messages below
@@ -118,6 +118,33 @@ async fn open_tables(storage: &Storage, opts: &IngestOptions) -> Result<Tables> 
     })
 }
 
+/// The retry windows of partitions of one event table, from one scan of it: the event ids of
+/// the last `window_size` offsets below each partition's stored offset.
+async fn recent_windows(
+    table: &EventTable,
+    partitions: &[&(String, i32)],
+    ids: &[String],
+    stored: &HashMap<String, Option<i64>>,
+    window_size: usize,
+) -> Result<HashMap<i32, DedupeWindow>> {
+    let from: Vec<(i32, i64)> = partitions
+        .iter()
+        .zip(ids)
+        .filter(|_| window_size > 0)
+        .filter_map(|((_, p), id)| Some((*p, stored[id]?.saturating_sub(window_size as i64))))
+        .collect();
+    let mut windows: HashMap<i32, DedupeWindow> = HashMap::new();
+    for (p, event_id) in table.recent_event_ids(&from).await? {
+        if let Some(k) = uuid_key(&event_id) {
+            windows
+                .entry(p)
+                .or_insert_with(|| DedupeWindow::new(window_size))
+                .insert(k);
+        }
+    }
+    Ok(windows)
+}
+
 struct Loop {
     opts: IngestOptions,
     consumer: IngestConsumer,
@@ -204,8 +231,8 @@ impl Loop {
         self.report.duplicates += out.duplicates;
         if !out.committed.is_empty() {
             let mut tpl = TopicPartitionList::new();
-            for (topic, partition, next) in &out.committed {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            for c in &out.committed {
+                tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.next))?;
             }
             // Advisory only (lag monitoring); the table holds the real offsets.
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
@@ -252,53 +279,51 @@ impl Loop {
                 .collect();
             let stored = tables.event(kind).txn_versions(&ids).await?;
             let dlq = tables.dead_letters.txn_versions(&ids).await?;
-            // The retry windows of all these partitions, from one scan of the table.
             let window_size = self.opts.dedupe_window;
-            let from: Vec<(i32, i64)> = mine
-                .iter()
-                .zip(&ids)
-                .filter(|_| window_size > 0)
-                .filter_map(|((_, p), id)| {
-                    Some((*p, stored[id]?.saturating_sub(window_size as i64)))
-                })
-                .collect();
-            let mut windows: HashMap<i32, DedupeWindow> = HashMap::new();
-            for (p, event_id) in tables.event(kind).recent_event_ids(&from).await? {
-                if let Some(k) = uuid_key(&event_id) {
-                    windows
-                        .entry(p)
-                        .or_insert_with(|| DedupeWindow::new(window_size))
-                        .insert(k);
-                }
-            }
+            let mut windows =
+                recent_windows(tables.event(kind), &mine, &ids, &stored, window_size).await?;
             for ((topic, partition), id) in mine.into_iter().zip(ids) {
-                let (table_next, dlq_next) = (stored[&id], dlq[&id]);
+                let offsets = StoredOffsets {
+                    table_next: stored[&id],
+                    dlq_next: dlq[&id],
+                };
                 let window = windows
                     .remove(partition)
                     .unwrap_or_else(|| DedupeWindow::new(window_size));
-                info!(topic = %topic, partition, ?table_next, ?dlq_next, window = window.len(), "partition starts from the table's offsets");
-                self.parts
-                    .retain(|p| !(p.topic == *topic && p.partition == *partition));
-                let mut state = PartitionState::new(
-                    topic.clone(),
-                    *partition,
-                    kind,
-                    id,
-                    (table_next, dlq_next),
-                    window,
-                );
-                state.needs_seek = true;
-                // Start a little before the stored offset: see `retry_seeks`.
-                state.rewind = if table_next.is_some() {
-                    INITIAL_REWIND
-                } else {
-                    0
-                };
-                self.parts.push(state);
+                self.restart(topic, *partition, kind, id, offsets, window);
             }
         }
         self.retry_seeks();
         Ok(())
+    }
+
+    /// Replaces what the loop holds for one partition with a fresh state that resumes from
+    /// the stored offsets (seeking a little before them: see `retry_seeks`).
+    fn restart(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        kind: EventKind,
+        app_id: String,
+        offsets: StoredOffsets,
+        window: DedupeWindow,
+    ) {
+        let StoredOffsets {
+            table_next,
+            dlq_next,
+        } = offsets;
+        info!(topic = %topic, partition, ?table_next, ?dlq_next, window = window.len(), "partition starts from the table's offsets");
+        self.parts
+            .retain(|p| !(p.topic == topic && p.partition == partition));
+        let mut state =
+            PartitionState::new(topic.to_string(), partition, kind, app_id, offsets, window);
+        state.needs_seek = true;
+        state.rewind = if table_next.is_some() {
+            INITIAL_REWIND
+        } else {
+            0
+        };
+        self.parts.push(state);
     }
 
     /// Points the client at the offsets from the table. A seek can fail while the

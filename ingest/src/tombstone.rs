@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::compute::filter_record_batch;
 use strata_engine::gdpr::{id_tokens, GdprKey, Tombstones};
-use strata_engine::Storage;
+use strata_engine::{registry, Storage};
 use tracing::warn;
 
 use crate::Result;
@@ -24,6 +24,8 @@ const ID_LEN: std::ops::RangeInclusive<usize> = 3..=256;
 
 pub(crate) struct TombstoneFilter {
     storage: Storage,
+    /// The columns of event batches that hold a person id (from the engine's registry).
+    id_columns: Vec<&'static str>,
     key: Option<GdprKey>,
     by_hash: HashMap<String, i64>,
     version: Option<u64>,
@@ -34,6 +36,7 @@ impl TombstoneFilter {
     pub(crate) fn new(storage: &Storage) -> Self {
         Self {
             storage: storage.clone(),
+            id_columns: registry::person_id_columns(),
             key: None,
             by_hash: HashMap::new(),
             version: None,
@@ -110,7 +113,8 @@ impl TombstoneFilter {
                 .downcast_ref::<TimestampMicrosecondArray>()
                 .cloned()
         });
-        let id_cols: Vec<StringArray> = ["user_id", "anonymous_id", "session_id"]
+        let id_cols: Vec<StringArray> = self
+            .id_columns
             .iter()
             .filter_map(|c| batch.column_by_name(c))
             .filter_map(|c| c.as_any().downcast_ref::<StringArray>().cloned())

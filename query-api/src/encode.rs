@@ -6,11 +6,14 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::json::writer::{JsonArray, LineDelimited, Writer as JsonWriter, WriterBuilder};
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 
@@ -54,6 +57,19 @@ impl Format {
             })
     }
 
+    /// The format the request asks for: by name (`?format=` or the body), else by `Accept`,
+    /// else JSON.
+    pub fn choose(headers: &HeaderMap, name: Option<String>) -> Result<Self, ApiError> {
+        if let Some(f) = name {
+            return Self::from_name(&f);
+        }
+        Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::from_accept)
+            .unwrap_or(Self::Json))
+    }
+
     pub fn content_type(&self) -> &'static str {
         match self {
             Self::Json => "application/json",
@@ -63,6 +79,14 @@ impl Format {
             Self::Parquet => "application/vnd.apache.parquet",
         }
     }
+}
+
+/// A chunk of a streamed response body, or the error that cuts it.
+pub type Chunk = Result<Bytes, std::io::Error>;
+
+/// A response body that streams the chunks sent to `rx`, ending when every sender is gone.
+pub fn streamed_body(mut rx: mpsc::Receiver<Chunk>) -> Body {
+    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 /// A `Write` whose bytes are taken out after each batch.

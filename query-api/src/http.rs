@@ -44,14 +44,20 @@ pub struct HttpLimits {
     pub shutdown_grace: Duration,
 }
 
+impl HttpLimits {
+    /// The burst allowed above the per-peer rate, in seconds of that rate.
+    pub const PEER_BURST_SECONDS: f64 = 5.0;
+}
+
 impl Default for HttpLimits {
     fn default() -> Self {
+        let peer_rate_per_sec = 20.0;
         Self {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
-            peer_rate_per_sec: 20.0,
-            peer_burst: 100.0,
+            peer_rate_per_sec,
+            peer_burst: peer_rate_per_sec * Self::PEER_BURST_SECONDS,
             shutdown_grace: Duration::from_secs(30),
         }
     }

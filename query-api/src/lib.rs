@@ -17,6 +17,7 @@ mod metrics;
 mod openapi;
 mod panels;
 pub mod routes;
+mod server;
 mod sql;
 
 use std::sync::Arc;
@@ -37,11 +38,13 @@ pub use encode::Format;
 pub use error::ApiError;
 pub use http::HttpLimits;
 pub use metrics::ApiMetrics;
+pub use server::{Server, ServerConfig, ServerError};
 
 /// The largest request body the API takes.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// Limits every query served over HTTP runs under.
+/// Limits every query served over HTTP runs under. Each default is declared once, as a
+/// `DEFAULT_*` constant below (or in [`HttpLimits::default`]), which the CLI flags read too.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
     pub timeout: Duration,
@@ -60,19 +63,31 @@ pub struct ApiLimits {
     pub http: HttpLimits,
 }
 
+impl ApiLimits {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_ROW_CAP: usize = 1_000_000;
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(500);
+    /// Memory one query may use, in MiB.
+    pub const DEFAULT_QUERY_MEMORY_MB: usize = 1024;
+    pub const DEFAULT_MAX_QUERIES: usize = 16;
+    pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(2);
+    /// Memory all running queries share, in MiB.
+    pub const DEFAULT_SERVER_MEMORY_MB: usize = 4096;
+}
+
 impl Default for ApiLimits {
     fn default() -> Self {
         Self {
-            timeout: Duration::from_secs(30),
-            row_cap: 1_000_000,
-            max_age: Duration::from_millis(500),
+            timeout: Self::DEFAULT_TIMEOUT,
+            row_cap: Self::DEFAULT_ROW_CAP,
+            max_age: Self::DEFAULT_MAX_AGE,
             query: QueryLimits {
-                memory_bytes: Some(1 << 30),
+                memory_bytes: Some(Self::DEFAULT_QUERY_MEMORY_MB << 20),
                 ..QueryLimits::default()
             },
-            max_queries: 16,
-            queue_wait: Duration::from_secs(2),
-            server_memory_bytes: 4 << 30,
+            max_queries: Self::DEFAULT_MAX_QUERIES,
+            queue_wait: Self::DEFAULT_QUEUE_WAIT,
+            server_memory_bytes: Self::DEFAULT_SERVER_MEMORY_MB << 20,
             http: HttpLimits::default(),
         }
     }
@@ -93,8 +108,9 @@ pub struct AppState {
     admission: Arc<admission::Admission>,
     /// Buckets of the client addresses that have not shown a valid token.
     peers: Arc<auth::PeerLimiter>,
-    /// GDPR requests run one at a time.
-    gdpr_lock: Arc<tokio::sync::Mutex<()>>,
+    /// GDPR requests: durable, one at a time; a purge drops the result cache and refreshes the
+    /// catalog.
+    gdpr: strata_engine::gdpr::GdprService,
 }
 
 impl AppState {
@@ -111,7 +127,12 @@ impl AppState {
         limits.query.server_pool = Some(strata_engine::memory::server_pool(
             limits.server_memory_bytes.max(1),
         ));
+        let gdpr = strata_engine::gdpr::GdprService::for_catalog(catalog.clone()).on_purge({
+            let cache = cache.clone();
+            move || cache.clear()
+        });
         Ok(Self {
+            gdpr,
             admission: Arc::new(admission::Admission::new(
                 limits.max_queries,
                 limits.queue_wait,
@@ -128,7 +149,6 @@ impl AppState {
             metrics: Arc::new(metrics),
             registry,
             running: Arc::default(),
-            gdpr_lock: Arc::default(),
         })
     }
 }
@@ -283,8 +303,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 }
 
 async fn openapi(State(state): State<AppState>) -> Response {
-    let names: Vec<&str> = state.panels.list().map(|p| p.name).collect();
-    Json(openapi::document(&names)).into_response()
+    Json(openapi::document(&state.panels)).into_response()
 }
 
 async fn dashboard() -> Html<&'static str> {

@@ -1,6 +1,9 @@
-//! The OpenAPI 3.1 document served at `/v1/openapi.json`.
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`. The panel routes are documented
+//! from the panel specs themselves: the names from [`Panels::list`], and each query parameter
+//! (type, bounds, default) from its [`ParamSpec`].
 
 use serde_json::{json, Value};
+use strata_engine::{Panels, ParamRule, ParamSpec};
 
 fn error_responses() -> Value {
     json!({
@@ -11,7 +14,33 @@ fn error_responses() -> Value {
     })
 }
 
-pub fn document(panels: &[&str]) -> Value {
+/// A query parameter of `/v1/panels/{name}`, with the panels that take it.
+fn panel_parameter(spec: &ParamSpec, panels: &Panels) -> Value {
+    let schema = match spec.rule {
+        ParamRule::PeriodStart | ParamRule::PeriodEnd => {
+            json!({ "type": "string", "format": "date" })
+        }
+        ParamRule::Text { max_bytes } => json!({ "type": "string", "maxLength": max_bytes }),
+        ParamRule::Integer { min, max, default } => {
+            json!({ "type": "integer", "minimum": min, "maximum": max, "default": default })
+        }
+    };
+    let takers: Vec<&str> = panels
+        .list()
+        .filter(|p| p.params.iter().any(|q| q.name == spec.name))
+        .map(|p| p.name)
+        .collect();
+    let default = spec
+        .default_text()
+        .map(|d| format!(" (default: {d})"))
+        .unwrap_or_default();
+    json!({
+        "name": spec.name, "in": "query", "required": false, "schema": schema,
+        "description": format!("{}{default}; panels: {}", spec.description, takers.join(", "))
+    })
+}
+
+pub fn document(panels: &Panels) -> Value {
     let mut sql_responses = error_responses();
     sql_responses["200"] = json!({
         "description": "The result, streamed. Headers: x-strata-query-id, x-strata-cache (hit|miss), x-strata-row-cap, x-strata-table-versions.",
@@ -28,7 +57,14 @@ pub fn document(panels: &[&str]) -> Value {
     panel_responses["304"] =
         json!({ "description": "Not modified (If-None-Match matched the ETag)" });
     panel_responses["404"] = json!({ "description": "No such panel" });
-    let panel_param = |name: &str, ty: &str, desc: &str| json!({ "name": name, "in": "query", "required": false, "schema": { "type": "string", "format": ty }, "description": desc });
+    let names: Vec<&str> = panels.list().map(|p| p.name).collect();
+    let mut panel_params = vec![
+        json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "enum": names } }),
+    ];
+    panel_params.extend(panels.params().map(|spec| panel_parameter(spec, panels)));
+    panel_params.push(
+        json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": { "type": "string" } }),
+    );
     json!({
         "openapi": "3.1.0",
         "info": { "title": "Strata API", "version": env!("CARGO_PKG_VERSION"),
@@ -72,19 +108,49 @@ pub fn document(panels: &[&str]) -> Value {
                 "responses": { "200": { "description": "the file" }, "404": { "description": "no such export or file" } } } },
             "/v1/panels": { "get": { "summary": "Panels and their parameter schemas (scope panels)", "responses": { "200": { "description": "{panels: [...]}" } } } },
             "/v1/panels/{name}": { "get": { "summary": "One panel (scope panels)",
-                "parameters": [
-                    { "name": "name", "in": "path", "required": true, "schema": { "type": "string", "enum": panels } },
-                    panel_param("from", "date", "first day, inclusive (default: to - 29 days)"),
-                    panel_param("to", "date", "last day, inclusive (default: today UTC)"),
-                    panel_param("category", "text", "filter"),
-                    panel_param("item_type", "text", "filter"),
-                    panel_param("source", "text", "filter"),
-                    panel_param("feature", "text", "filter (AI panels)"),
-                    panel_param("model", "text", "filter (AI panels)"),
-                    panel_param("limit", "integer", "rows, 1-1000 (default 10)"),
-                    { "name": "If-None-Match", "in": "header", "required": false, "schema": { "type": "string" } }
-                ],
+                "parameters": panel_params,
                 "responses": panel_responses } }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use strata_engine::ResultCache;
+
+    use super::*;
+
+    #[test]
+    fn every_panel_parameter_is_documented_from_its_spec() {
+        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let doc = document(&panels);
+        let params = doc["paths"]["/v1/panels/{name}"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
+        for spec in strata_engine::PARAMS {
+            assert!(
+                names.contains(&spec.name),
+                "{} is not documented",
+                spec.name
+            );
+        }
+        assert_eq!(names.first(), Some(&"name"));
+        assert_eq!(names.last(), Some(&"If-None-Match"));
+        let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!(limit["schema"]["type"], "integer");
+        assert_eq!(limit["schema"]["maximum"], 1000);
+        assert!(limit["description"].as_str().unwrap().contains("top_items"));
+        let from = params.iter().find(|p| p["name"] == "from").unwrap();
+        assert_eq!(from["schema"]["format"], "date");
+        assert_eq!(
+            doc["paths"]["/v1/panels/{name}"]["get"]["parameters"][0]["schema"]["enum"]
+                .as_array()
+                .unwrap()
+                .len(),
+            panels.list().count()
+        );
+    }
 }

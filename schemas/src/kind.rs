@@ -10,6 +10,17 @@ pub const PARTITION_COLUMN: &str = "event_date";
 /// Columns Strata adds to every raw table: where the event came from and when it landed.
 pub const LINEAGE_COLUMNS: &[&str] = &["kafka_partition", "kafka_offset", "ingested_at"];
 
+/// The kind of id of a person an identifier column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PersonId {
+    /// The account id (`user_id`).
+    User,
+    /// A device or cookie id of a visitor not signed in (`anonymous_id`).
+    Anonymous,
+    /// One visit (`session_id`).
+    Session,
+}
+
 /// The kinds of events Strata ingests. Each has a topic, a table and two schemas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
@@ -21,7 +32,7 @@ impl EventKind {
     pub const ALL: [EventKind; 2] = [EventKind::LinkClick, EventKind::AiUsage];
 
     /// Delta table name under `<root>/tables/`.
-    pub fn table(self) -> &'static str {
+    pub const fn table(self) -> &'static str {
         match self {
             EventKind::LinkClick => "link_clicks",
             EventKind::AiUsage => "ai_usage",
@@ -33,6 +44,24 @@ impl EventKind {
         match self {
             EventKind::LinkClick => "clicks",
             EventKind::AiUsage => "ai_usage",
+        }
+    }
+
+    /// The columns of the table that identify a person, with the kind of id each holds: what
+    /// a GDPR request matches and the ingest tombstone filter hashes. They are excluded from
+    /// Delta data-skipping statistics so that no identifier is copied into the transaction
+    /// log (GDPR: the log is hard to rewrite).
+    pub const fn identifier_columns(self) -> &'static [(&'static str, PersonId)] {
+        match self {
+            EventKind::LinkClick => &[
+                ("user_id", PersonId::User),
+                ("anonymous_id", PersonId::Anonymous),
+                ("session_id", PersonId::Session),
+            ],
+            EventKind::AiUsage => &[
+                ("user_id", PersonId::User),
+                ("session_id", PersonId::Session),
+            ],
         }
     }
 
@@ -104,5 +133,23 @@ pub fn timestamp_type() -> DataType {
 impl std::fmt::Display for EventKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.table())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifier_columns_are_string_columns_of_the_table() {
+        for kind in EventKind::ALL {
+            let schema = kind.table_schema();
+            for (column, _) in kind.identifier_columns() {
+                let field = schema
+                    .field_with_name(column)
+                    .expect("identifier column exists");
+                assert_eq!(field.data_type(), &DataType::Utf8, "{kind}.{column}");
+            }
+        }
     }
 }

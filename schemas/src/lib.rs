@@ -24,12 +24,8 @@ pub use click::LinkClick;
 pub use dead_letter::{dead_letter_schema, DeadLetter, DeadLetterBuilder, DEAD_LETTERS_TABLE};
 pub use decode::{Decoded, EventDecoder, RawMessage, Reject};
 pub use error::{Result, SchemaError};
-pub use kind::{EventKind, LINEAGE_COLUMNS, PARTITION_COLUMN};
+pub use kind::{EventKind, PersonId, LINEAGE_COLUMNS, PARTITION_COLUMN};
 
 /// Schema versions this build understands. Older or newer versions are rejected with a
 /// reason naming the version, so a producer upgrade never silently writes garbage.
 pub const SUPPORTED_SCHEMA_VERSIONS: &[i64] = &[1];
-
-/// Columns that identify a person. They are excluded from Delta data-skipping statistics so
-/// that no identifier is copied into the transaction log (GDPR: the log is hard to rewrite).
-pub const IDENTIFIER_COLUMNS: &[&str] = &["user_id", "anonymous_id", "session_id"];

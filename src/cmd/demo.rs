@@ -1,3 +1,7 @@
+//! `strata demo`: an embedded broker, a live producer, the ingest and the server in one
+//! process, stopped together by Ctrl-C or `--duration-secs`.
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -5,14 +9,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use strata_benches::kafka;
 use strata_engine::{RollupBuilder, SqlSession, Storage};
 use strata_fixtures::{GenOptions, Generator};
-use strata_ingest::{IngestMetrics, IngestOptions};
-use strata_query_api::{new_token, Scope};
+use strata_ingest::{IngestMetrics, IngestOptions, IngestReport};
+use strata_query_api::{new_token, ApiLimits, Scope, Server, ServerConfig};
 use strata_schemas::EventKind;
+use tokio::sync::watch;
 
-use crate::cmd::serve::Server;
-use crate::config::{shutdown_signal, ApiConfig, StorageConfig};
+use crate::config::{shutdown_signal, token_auth, StorageConfig};
+
+/// Memory for the demo server's cached results, in MiB.
+const DEMO_CACHE_MB: usize = 128;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -27,7 +36,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Address of the API and dashboard (port 0 picks a free one).
-    #[arg(long, env = "STRATA_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "STRATA_LISTEN", default_value = ServerConfig::DEFAULT_LISTEN)]
     pub listen: String,
     /// Seconds between rollup runs.
     #[arg(long, default_value_t = 5)]
@@ -36,63 +45,13 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let storage = Storage::open(&args.storage.options()?).await?;
-    // librdkafka's own mock cluster: the same client code path as a real broker.
-    let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
-    for kind in EventKind::ALL {
-        cluster.create_topic(kind.default_topic(), 4, 1)?;
-    }
-    let brokers = cluster.bootstrap_servers();
-
-    // The API and dashboard, with a fresh token for this run.
-    let (token, line) = new_token("demo", &[Scope::Panels, Scope::Sql]);
-    let api = ApiConfig {
-        listen: args.listen.clone(),
-        tokens: vec![line],
-        rate_limit: 50.0,
-        query_timeout_secs: 30,
-        query_memory_mb: 1024,
-        row_cap: 1_000_000,
-        refresh_ms: 500,
-        cache_mb: 128,
-        rollup_interval_secs: args.rollup_interval_secs,
-        max_connections: 512,
-        header_timeout_secs: 10,
-        body_timeout_secs: 30,
-        peer_rate_limit: 20.0,
-        max_queries: 16,
-        queue_wait_ms: 2000,
-        server_memory_mb: 4096,
-    };
-    let server = Server::start(&storage, &api, api.auth(vec![])?).await?;
-    let addr = server.addr;
-    eprintln!(
-        "strata demo: embedded Kafka at {brokers}, storage root {}",
-        storage.root()
-    );
-    eprintln!(
-        "strata demo: producing ~{} events/s; Ctrl-C stops and commits what is buffered",
-        args.rate
-    );
-    eprintln!("strata demo: dashboard at http://{addr}/#token={token}");
-    eprintln!("strata demo: API token (scopes panels, sql): {token}");
-    eprintln!("strata demo: try  curl -H 'Authorization: Bearer {token}' 'http://{addr}/v1/panels/overview'");
+    let broker = EmbeddedBroker::start()?;
+    let brokers = broker.bootstrap_servers.clone();
+    let (server, token) = start_server(&storage, &args).await?;
+    announce(&brokers, &storage, args.rate, server.addr, &token);
 
     // One stop signal for the producer, the ingest and the server.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let deadline = args.duration_secs.map(Duration::from_secs);
-    tokio::spawn(async move {
-        match deadline {
-            Some(d) => {
-                tokio::select! { _ = shutdown_signal() => {}, _ = tokio::time::sleep(d) => {} }
-            }
-            None => shutdown_signal().await,
-        }
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
+    let stop_rx = stop_signal(args.duration_secs.map(Duration::from_secs));
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let (stop, brokers, rate, seed) =
@@ -102,11 +61,105 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let catalog = server.catalog.clone();
     let serving = tokio::spawn(server.run(stopped(stop_rx.clone())));
 
+    let report = ingest(&storage, &brokers, stopped(stop_rx)).await;
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let report = report?;
+    // The last commits into the rollups too, so a second run starts from current panels.
+    RollupBuilder::new(catalog).run().await?;
+    serving.await??;
+    eprintln!(
+        "strata demo: produced {produced}, ingest {}",
+        serde_json::to_string(&report)?
+    );
+    eprintln!("strata demo: {}", counts(&storage).await?);
+    eprintln!(
+        "strata demo: query it with: strata sql --storage-url {} \"SELECT source, count(*) FROM link_clicks GROUP BY source\"",
+        args.storage.storage_url
+    );
+    drop(broker);
+    Ok(())
+}
+
+/// librdkafka's own mock cluster (the same client code path as a real broker), with the
+/// default topics; it stops when dropped.
+struct EmbeddedBroker {
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+    bootstrap_servers: String,
+}
+
+impl EmbeddedBroker {
+    fn start() -> anyhow::Result<Self> {
+        let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
+        for kind in EventKind::ALL {
+            cluster.create_topic(kind.default_topic(), 4, 1)?;
+        }
+        Ok(Self {
+            bootstrap_servers: cluster.bootstrap_servers(),
+            _cluster: cluster,
+        })
+    }
+}
+
+/// The API and dashboard, with a fresh token for this run; returns the server and the token.
+async fn start_server(storage: &Storage, args: &DemoArgs) -> anyhow::Result<(Server, String)> {
+    let (token, line) = new_token("demo", &[Scope::Panels, Scope::Sql]);
+    let config = ServerConfig {
+        listen: args.listen.clone(),
+        cache_bytes: DEMO_CACHE_MB << 20,
+        rollup_every: (args.rollup_interval_secs > 0)
+            .then(|| Duration::from_secs(args.rollup_interval_secs)),
+        limits: ApiLimits::default(),
+    };
+    let auth = token_auth(&[line], ServerConfig::DEFAULT_TOKEN_RATE_PER_SEC)?;
+    let server = Server::start(storage, &config, auth).await?;
+    Ok((server, token))
+}
+
+fn announce(brokers: &str, storage: &Storage, rate: u64, addr: SocketAddr, token: &str) {
+    eprintln!(
+        "strata demo: embedded Kafka at {brokers}, storage root {}",
+        storage.root()
+    );
+    eprintln!("strata demo: producing ~{rate} events/s; Ctrl-C stops and commits what is buffered");
+    eprintln!("strata demo: dashboard at http://{addr}/#token={token}");
+    eprintln!("strata demo: API token (scopes panels, sql): {token}");
+    eprintln!("strata demo: try  curl -H 'Authorization: Bearer {token}' 'http://{addr}/v1/panels/overview'");
+}
+
+/// Turns true on SIGINT, SIGTERM or after `deadline`.
+fn stop_signal(deadline: Option<Duration>) -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        match deadline {
+            Some(d) => {
+                tokio::select! { _ = shutdown_signal() => {}, _ = tokio::time::sleep(d) => {} }
+            }
+            None => shutdown_signal().await,
+        }
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Resolves once `rx` turns true.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Consumes the embedded broker until `shutdown`, printing the table counts every 10 s.
+async fn ingest(
+    storage: &Storage,
+    brokers: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<IngestReport> {
     // A fresh group per run: the embedded broker starts empty each time, while the tables
     // (and their stored offsets) persist, so offsets of an old run must not apply.
     let group = format!("demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
     let opts = IngestOptions {
-        brokers: brokers.clone(),
+        brokers: brokers.to_string(),
         group,
         flush_rows: 50_000,
         flush_age: Duration::from_secs(2),
@@ -126,27 +179,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let report = strata_ingest::run(opts, storage.clone(), metrics, stopped(stop_rx.clone())).await;
-    stop.store(true, Ordering::Relaxed);
+    let report = strata_ingest::run(opts, storage.clone(), metrics, shutdown).await;
     reporter.abort();
-    let produced = producer
-        .join()
-        .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
-    let report = report?;
-    // The last commits into the rollups too, so a second run starts from current panels.
-    RollupBuilder::new(catalog).run().await?;
-    serving.await??;
-    eprintln!(
-        "strata demo: produced {produced}, ingest {}",
-        serde_json::to_string(&report)?
-    );
-    eprintln!("strata demo: {}", counts(&storage).await?);
-    eprintln!(
-        "strata demo: query it with: strata sql --storage-url {} \"SELECT source, count(*) FROM link_clicks GROUP BY source\"",
-        args.storage.storage_url
-    );
-    drop(cluster);
-    Ok(())
+    Ok(report?)
 }
 
 async fn counts(storage: &Storage) -> anyhow::Result<String> {
@@ -164,7 +199,7 @@ async fn counts(storage: &Storage) -> anyhow::Result<String> {
 
 /// Produces live events at `rate` per second, with a 3x burst for 2 s every 15 s.
 fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
-    let (producer, counts) = crate::kafka::producer(brokers)?;
+    let (producer, counts) = kafka::producer(brokers)?;
     let mut generator = Generator::new(GenOptions {
         seed,
         live: true,
@@ -178,7 +213,7 @@ fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyho
         let per_tick = if t % 15 < 2 { rate * 3 / 10 } else { rate / 10 }.max(1);
         for _ in 0..per_tick {
             let Some(m) = generator.next() else { break };
-            crate::kafka::send(
+            kafka::send(
                 &producer,
                 EventKind::from(m.kind).default_topic(),
                 m.key.as_deref(),
@@ -188,6 +223,6 @@ fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyho
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    crate::kafka::finish(&producer, &counts)?;
+    kafka::finish(&producer, &counts)?;
     Ok(sent)
 }

@@ -1,10 +1,10 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use futures::TryStreamExt;
-use strata_engine::gdpr::{ExportBuilder, PurgeBuilder, Subject};
-use strata_engine::Storage;
+use strata_engine::gdpr::{GdprService, Subject};
+use strata_engine::{layout, Storage};
 
 use crate::config::StorageConfig;
 
@@ -66,29 +66,18 @@ pub struct PurgeArgs {
     pub storage: StorageConfig,
 }
 
+/// Both commands go through the same lifecycle as the HTTP API: the request is recorded in
+/// the durable store first, so that a run that dies is finished by the next server.
 pub async fn run(cmd: GdprCommand) -> anyhow::Result<()> {
     match cmd {
         GdprCommand::Export(a) => {
             let storage = Storage::open(&a.storage.options()?).await?;
             let progress = crate::progress::Progress::new("gdpr export", 0);
-            let manifest = ExportBuilder::new(&storage, a.who.subject()?)
-                .requested_by(&a.who.requested_by)
+            let manifest = GdprService::new(&storage)
+                .export_now(a.who.subject()?, &a.who.requested_by)
                 .await?;
             if let Some(out) = &a.out {
-                std::fs::create_dir_all(out)
-                    .with_context(|| format!("creating {}", out.display()))?;
-                let dir =
-                    object_store::path::Path::from(format!("exports/{}", manifest.request_id));
-                let files: Vec<_> = storage.store().list(Some(&dir)).try_collect().await?;
-                for f in files {
-                    let name = f.location.filename().unwrap_or("file").to_string();
-                    let bytes =
-                        object_store::ObjectStoreExt::get(storage.store().as_ref(), &f.location)
-                            .await?
-                            .bytes()
-                            .await?;
-                    std::fs::write(out.join(&name), &bytes)?;
-                }
+                copy_export(&storage, &manifest.request_id, out).await?;
             }
             progress.done(&format!("{} files", manifest.files.len()));
             println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -98,8 +87,8 @@ pub async fn run(cmd: GdprCommand) -> anyhow::Result<()> {
             let progress = crate::progress::Progress::new("gdpr purge", 0);
             // An incomplete purge (rows left after its rewrite rounds) is an error that says
             // which tables still hold how many rows; running it again is harmless.
-            let receipt = PurgeBuilder::new(&storage, a.who.subject()?)
-                .requested_by(&a.who.requested_by)
+            let receipt = GdprService::new(&storage)
+                .purge_now(a.who.subject()?, &a.who.requested_by)
                 .await?;
             progress.done(&format!(
                 "{} rows removed, verified: {}",
@@ -111,6 +100,25 @@ pub async fn run(cmd: GdprCommand) -> anyhow::Result<()> {
                 "the verification scan found rows of the subject left"
             );
         }
+    }
+    Ok(())
+}
+
+/// Copies every file of export `request_id` to the local directory `out`.
+async fn copy_export(storage: &Storage, request_id: &str, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let files: Vec<_> = storage
+        .store()
+        .list(Some(&layout::export_dir(request_id)))
+        .try_collect()
+        .await?;
+    for f in files {
+        let name = f.location.filename().unwrap_or("file").to_string();
+        let bytes = object_store::ObjectStoreExt::get(storage.store().as_ref(), &f.location)
+            .await?
+            .bytes()
+            .await?;
+        std::fs::write(out.join(&name), &bytes)?;
     }
     Ok(())
 }

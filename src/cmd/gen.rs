@@ -4,30 +4,32 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
+use strata_benches::kafka;
 use strata_fixtures::{GenOptions, Generator};
 use strata_schemas::EventKind;
 
 use crate::config::KafkaConfig;
+use crate::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct GenArgs {
     /// Seed: the same seed and end date give the same messages.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = GenOptions::default().seed)]
     pub seed: u64,
     /// Distinct events to generate (malformed messages and retries come on top).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = GenOptions::default().events)]
     pub events: u64,
     /// Days of traffic ending at --end-date.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = GenOptions::default().days)]
     pub days: u32,
     /// Last day (exclusive), YYYY-MM-DD; default today (UTC).
     #[arg(long)]
     pub end_date: Option<NaiveDate>,
     /// Share of extra messages that are malformed.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = GenOptions::default().malformed_rate)]
     pub malformed_rate: f64,
     /// Share of events sent twice (producer retry).
-    #[arg(long, default_value_t = 0.003)]
+    #[arg(long, default_value_t = GenOptions::default().duplicate_rate)]
     pub duplicate_rate: f64,
     /// Write JSON lines {"kind","key","payload",...} to this file.
     #[arg(long, conflicts_with = "kafka")]
@@ -50,9 +52,9 @@ pub struct GenArgs {
 
 #[derive(Args, Debug)]
 pub struct TopicArgs {
-    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = "clicks")]
+    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = EventKind::LinkClick.default_topic())]
     pub click_topic: String,
-    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = "ai_usage")]
+    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = EventKind::AiUsage.default_topic())]
     pub ai_usage_topic: String,
 }
 
@@ -87,82 +89,113 @@ impl GenArgs {
 
 pub async fn run(args: GenArgs) -> anyhow::Result<()> {
     let mut generator = Generator::new(args.options());
-    let mut progress = crate::progress::Progress::new("gen", args.events);
+    let mut progress = Progress::new("gen", args.events);
     if let Some(url) = &args.storage_url {
-        let storage = strata_engine::Storage::open(&strata_engine::StorageOptions {
-            url: url.clone(),
-            ..Default::default()
-        })
-        .await?;
-        let registry = prometheus::Registry::new();
-        let metrics = strata_ingest::IngestMetrics::new(&registry)?;
-        const CHUNK: usize = 500_000;
-        loop {
-            let chunk: Vec<_> = generator.by_ref().take(CHUNK).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let direct: Vec<strata_ingest::DirectMessage> = chunk
-                .iter()
-                .map(|m| {
-                    (
-                        EventKind::from(m.kind),
-                        m.key.as_deref().map(str::as_bytes),
-                        m.payload.as_bytes(),
-                    )
-                })
-                .collect();
-            strata_ingest::ingest_direct(&storage, "gen", &direct, CHUNK, &metrics).await?;
-            progress.inc(chunk.iter().filter(|m| !m.malformed && !m.retry).count() as u64);
-        }
-        progress.done(&format!("written to {}", storage.root()));
+        write_to_storage(url, &mut generator, &mut progress).await?;
     } else if let Some(brokers) = &args.kafka {
-        let kafka = KafkaConfig {
-            brokers: brokers.clone(),
-            click_topic: args.topics.click_topic.clone(),
-            ai_usage_topic: args.topics.ai_usage_topic.clone(),
-            kafka_options: vec![],
-        };
-        if args.create_topics {
-            crate::kafka::create_topics(
-                brokers,
-                &[&kafka.click_topic, &kafka.ai_usage_topic],
-                args.partitions,
-            )
-            .await?;
-        }
-        let (producer, counts) = crate::kafka::producer(brokers)?;
-        for m in generator.by_ref() {
-            crate::kafka::send(
-                &producer,
-                kafka.topic_of(EventKind::from(m.kind)),
-                m.key.as_deref(),
-                &m.payload,
-            )?;
-            if !m.malformed && !m.retry {
-                progress.inc(1);
-            }
-        }
-        let delivered = crate::kafka::finish(&producer, &counts)?;
-        eprintln!("gen: {delivered} messages delivered to {brokers}");
+        produce_to_kafka(brokers, &args, &mut generator, &mut progress).await?;
     } else {
         let path = args
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("events.jsonl"));
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let mut w = BufWriter::new(file);
-        for m in generator.by_ref() {
-            serde_json::to_writer(&mut w, &m)?;
-            w.write_all(b"\n")?;
-            if !m.malformed && !m.retry {
-                progress.inc(1);
-            }
-        }
-        w.flush()?;
-        eprintln!("gen: wrote {}", path.display());
+        write_jsonl(&path, &mut generator, &mut progress)?;
     }
     println!("{}", serde_json::to_string(generator.summary())?);
+    Ok(())
+}
+
+/// Through the ingest's decode -> Parquet -> Delta commit path, in chunks, without a broker.
+async fn write_to_storage(
+    url: &str,
+    generator: &mut Generator,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let storage = strata_engine::Storage::open(&strata_engine::StorageOptions {
+        url: url.to_string(),
+        ..Default::default()
+    })
+    .await?;
+    let registry = prometheus::Registry::new();
+    let metrics = strata_ingest::IngestMetrics::new(&registry)?;
+    const CHUNK: usize = 500_000;
+    loop {
+        let chunk: Vec<_> = generator.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let direct: Vec<strata_ingest::DirectMessage> = chunk
+            .iter()
+            .map(|m| {
+                (
+                    EventKind::from(m.kind),
+                    m.key.as_deref().map(str::as_bytes),
+                    m.payload.as_bytes(),
+                )
+            })
+            .collect();
+        strata_ingest::ingest_direct(&storage, "gen", &direct, CHUNK, &metrics).await?;
+        progress.inc(chunk.iter().filter(|m| !m.malformed && !m.retry).count() as u64);
+    }
+    progress.done(&format!("written to {}", storage.root()));
+    Ok(())
+}
+
+/// To the topic of each message's kind, creating the topics first when asked.
+async fn produce_to_kafka(
+    brokers: &str,
+    args: &GenArgs,
+    generator: &mut Generator,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let topics = KafkaConfig {
+        brokers: brokers.to_string(),
+        click_topic: args.topics.click_topic.clone(),
+        ai_usage_topic: args.topics.ai_usage_topic.clone(),
+        kafka_options: vec![],
+    };
+    if args.create_topics {
+        kafka::create_topics(
+            brokers,
+            &[&topics.click_topic, &topics.ai_usage_topic],
+            args.partitions,
+        )
+        .await?;
+    }
+    let (producer, counts) = kafka::producer(brokers)?;
+    for m in generator.by_ref() {
+        kafka::send(
+            &producer,
+            topics.topic_of(EventKind::from(m.kind)),
+            m.key.as_deref(),
+            &m.payload,
+        )?;
+        if !m.malformed && !m.retry {
+            progress.inc(1);
+        }
+    }
+    let delivered = kafka::finish(&producer, &counts)?;
+    eprintln!("gen: {delivered} messages delivered to {brokers}");
+    Ok(())
+}
+
+/// One JSON object per line: {"kind","key","payload",...}.
+fn write_jsonl(
+    path: &std::path::Path,
+    generator: &mut Generator,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = BufWriter::new(file);
+    for m in generator.by_ref() {
+        serde_json::to_writer(&mut w, &m)?;
+        w.write_all(b"\n")?;
+        if !m.malformed && !m.retry {
+            progress.inc(1);
+        }
+    }
+    w.flush()?;
+    eprintln!("gen: wrote {}", path.display());
     Ok(())
 }

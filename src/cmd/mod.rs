@@ -1,6 +1,4 @@
 pub mod bench;
-pub mod bench_purge;
-pub mod bench_query;
 pub mod demo;
 pub mod gdpr;
 pub mod gen;

@@ -1,13 +1,13 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 
-use crate::table::{EventTable, TableSpec};
+use crate::registry::{self, GDPR_AUDIT};
+use crate::table::EventTable;
 use crate::{Result, Storage};
 
-pub const GDPR_AUDIT_TABLE: &str = "gdpr_audit";
+pub const GDPR_AUDIT_TABLE: &str = GDPR_AUDIT.name;
 
 /// One GDPR request as the audit log keeps it: who asked, when, what was done. The subject is
 /// only its keyed hash.
@@ -25,37 +25,9 @@ pub struct AuditRecord {
     pub receipt: String,
 }
 
-fn schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("request_id", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("subject_hash", DataType::Utf8, false),
-        Field::new("requested_by", DataType::Utf8, false),
-        Field::new("requested_at", ts.clone(), false),
-        Field::new("finished_at", ts, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("receipt", DataType::Utf8, false),
-        Field::new("request_date", DataType::Date32, false),
-    ]))
-}
-
 impl AuditRecord {
     pub async fn append(&self, storage: &Storage) -> Result<()> {
-        let mut table = EventTable::open_or_create(
-            storage,
-            TableSpec {
-                name: GDPR_AUDIT_TABLE,
-                schema: schema(),
-                partition_column: "request_date",
-                sort_column: "requested_at",
-                stats_columns: &["kind", "requested_at", "finished_at", "status"],
-                bloom_columns: &[],
-                high_cardinality: &["request_id", "subject_hash", "receipt"],
-                lz4: false,
-            },
-        )
-        .await?;
+        let mut table = EventTable::open_or_create(storage, GDPR_AUDIT.spec()).await?;
         let us = |t: &DateTime<Utc>| t.timestamp_micros();
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![self.request_id.as_str()])),
@@ -75,7 +47,10 @@ impl AuditRecord {
             ])),
         ];
         table
-            .append(&[RecordBatch::try_new(schema(), cols)?], &[])
+            .append(
+                &[RecordBatch::try_new(registry::gdpr_audit_schema(), cols)?],
+                &[],
+            )
             .await?;
         Ok(())
     }

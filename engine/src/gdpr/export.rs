@@ -2,9 +2,10 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use chrono::Utc;
-use object_store::path::Path;
+use datafusion::prelude::SessionContext;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
@@ -12,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::audit::AuditRecord;
 use super::subject::{GdprKey, Subject};
+use crate::delta::layout;
+use crate::registry::{self, Role};
 use crate::{Catalog, EngineError, Result, Storage};
 
 /// One exported file.
@@ -39,7 +42,8 @@ pub struct ExportManifest {
 }
 
 /// `ExportBuilder::new(storage, subject).await -> ExportManifest`: every row about the subject
-/// in every raw table and every dead letter naming them, as JSON lines and Parquet.
+/// in every subject-bearing table of the registry (the raw tables, and every dead letter
+/// naming them), as JSON lines and Parquet.
 pub struct ExportBuilder {
     storage: Storage,
     subject: Subject,
@@ -73,74 +77,30 @@ impl ExportBuilder {
         let key = GdprKey::load_or_create(&self.storage).await?;
         let catalog = Catalog::open(&self.storage).await?;
         let (snap, ctx) = catalog.context()?;
-        let dir = format!("exports/{}", self.request_id);
         let mut files = Vec::new();
-        for table in ["link_clicks", "ai_usage", "dead_letters"] {
+        // Every subject-bearing table of the registry that exists.
+        for table in registry::subject_bearing().map(|t| t.name) {
             if snap.version(table).is_none() {
                 continue;
             }
-            let predicate = super::subject::sql_predicate(&self.subject, table);
-            let df = ctx
-                .sql(&format!("SELECT * FROM {table} WHERE {predicate}"))
-                .await?;
-            let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-            let batches: Vec<RecordBatch> = df.collect().await?;
+            let (batches, schema) = self.rows_of(&ctx, table).await?;
             let rows = batches.iter().map(|b| b.num_rows()).sum();
-            // JSON lines
-            let mut jsonl = Vec::new();
-            {
-                let mut w = arrow::json::writer::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, arrow::json::writer::LineDelimited>(&mut jsonl);
-                for b in &batches {
-                    w.write(b)?;
-                }
-                w.finish()?;
-            }
-            // Parquet
-            let mut pq = Vec::new();
-            {
-                let mut w = ArrowWriter::try_new(&mut pq, schema.clone(), None)
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-                for b in &batches {
-                    w.write(b)
-                        .map_err(|e| EngineError::Internal(e.to_string()))?;
-                }
-                w.close()
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-            }
             for (name, bytes) in [
-                (format!("{table}.jsonl"), jsonl),
-                (format!("{table}.parquet"), pq),
+                (format!("{table}.jsonl"), json_lines(&batches)?),
+                (format!("{table}.parquet"), parquet_file(&batches, schema)?),
             ] {
-                let sha256 = hex::encode(Sha256::digest(&bytes));
-                let size = bytes.len();
-                self.storage
-                    .store()
-                    .put(
-                        &Path::from(format!("{dir}/{name}")),
-                        Bytes::from(bytes).into(),
-                    )
-                    .await
-                    .map_err(|e| EngineError::Internal(format!("writing the export: {e}")))?;
-                files.push(ExportFile {
-                    name,
-                    table: table.into(),
-                    rows,
-                    bytes: size,
-                    sha256,
-                });
+                files.push(self.put(name, table, rows, bytes).await?);
             }
         }
         let manifest = ExportManifest {
             request_id: self.request_id.clone(),
             subject_hash: key.hash(&self.subject.user_id),
             created_at: Utc::now(),
-            location: format!("{dir}/"),
+            location: layout::export_location(&self.request_id),
             files,
-            derived_without_subject_rows: crate::ROLLUPS
-                .iter()
-                .map(|r| r.name.to_string())
+            derived_without_subject_rows: registry::tables()
+                .filter(|t| matches!(t.role, Role::Rollup(_)))
+                .map(|t| t.name.to_string())
                 .collect(),
         };
         let json = serde_json::to_vec_pretty(&manifest)
@@ -148,7 +108,7 @@ impl ExportBuilder {
         self.storage
             .store()
             .put(
-                &Path::from(format!("{dir}/manifest.json")),
+                &layout::export_manifest(&self.request_id),
                 Bytes::from(json).into(),
             )
             .await
@@ -167,6 +127,76 @@ impl ExportBuilder {
         .await?;
         Ok(manifest)
     }
+
+    /// The subject's rows of `table`, with their schema.
+    async fn rows_of(
+        &self,
+        ctx: &SessionContext,
+        table: &str,
+    ) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+        let predicate = super::subject::sql_predicate(&self.subject, table);
+        let df = ctx
+            .sql(&format!("SELECT * FROM {table} WHERE {predicate}"))
+            .await?;
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        Ok((df.collect().await?, schema))
+    }
+
+    /// Writes one file of the export.
+    async fn put(
+        &self,
+        name: String,
+        table: &str,
+        rows: usize,
+        bytes: Vec<u8>,
+    ) -> Result<ExportFile> {
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len();
+        self.storage
+            .store()
+            .put(
+                &layout::export_file(&self.request_id, &name),
+                Bytes::from(bytes).into(),
+            )
+            .await
+            .map_err(|e| EngineError::Internal(format!("writing the export: {e}")))?;
+        Ok(ExportFile {
+            name,
+            table: table.into(),
+            rows,
+            bytes: size,
+            sha256,
+        })
+    }
+}
+
+/// `batches` as JSON lines (nulls written out).
+fn json_lines(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut jsonl = Vec::new();
+    {
+        let mut w = arrow::json::writer::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut jsonl);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    Ok(jsonl)
+}
+
+/// `batches` as one Parquet file.
+fn parquet_file(batches: &[RecordBatch], schema: SchemaRef) -> Result<Vec<u8>> {
+    let mut pq = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut pq, schema, None)
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+    for b in batches {
+        w.write(b)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+    }
+    w.close()
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+    Ok(pq)
 }
 
 impl IntoFuture for ExportBuilder {

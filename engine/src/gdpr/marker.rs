@@ -17,16 +17,10 @@
 //! and filtered with tombstones at least as new as the purge's. See
 //! [`crate::EventTable::append_filtered`].
 
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::Transaction;
-use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::DeltaTableError;
-
-use crate::table::{EventTable, TableSpec, TOMBSTONE_MARKER_APP_ID};
+use crate::delta::commit::{self, TOMBSTONE_MARKER_APP_ID};
+use crate::registry::TableSpec;
+use crate::table::EventTable;
 use crate::{EngineError, Result, Storage};
-
-/// Attempts before giving up (each lost attempt means another writer committed meanwhile).
-const MAX_ATTEMPTS: u32 = 100;
 
 /// Makes the marker of `table` at least `tombstones` (creating the table when it does not
 /// exist yet, so that no writer can start it without the marker). Returns the table version
@@ -37,58 +31,23 @@ pub(crate) async fn commit_tombstone_marker(
     spec: TableSpec,
     tombstones: u64,
 ) -> Result<u64> {
-    let want = tombstones as i64;
     let mut table = EventTable::open_or_create(storage, spec).await?;
-    let ids = [TOMBSTONE_MARKER_APP_ID.to_string()];
-    for attempt in 0..MAX_ATTEMPTS {
-        table.refresh().await?;
-        let stored = table
-            .txn_versions(&ids)
-            .await?
-            .remove(TOMBSTONE_MARKER_APP_ID)
-            .flatten();
-        let version = table.version().unwrap_or(0);
-        // Already there (a retried purge, a later purge, or an ingest commit filtered with
-        // these tombstones already): never lower it.
-        if stored.is_some_and(|v| v >= want) {
-            return Ok(version);
-        }
-        let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new_with_last_update(
-                TOMBSTONE_MARKER_APP_ID,
-                want,
-                Some(chrono::Utc::now().timestamp_millis()),
-            ))
-            .with_max_retries(20);
-        let committed = CommitBuilder::from(props)
-            .with_actions(Vec::new())
-            .build(
-                Some(table.delta().snapshot()?),
-                table.delta().log_store(),
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by: None,
-                    predicate: None,
-                },
-            )
-            .await;
-        match committed {
-            Ok(done) => return Ok(done.version()),
-            // An ingest commit (which carries the same app id) landed first: look again.
-            Err(DeltaTableError::Transaction { source }) => {
-                tracing::debug!(table = table.name(), attempt, error = %source, "tombstone marker lost a race; again");
-                tokio::time::sleep(std::time::Duration::from_millis(
-                    5 * u64::from(attempt.min(20)),
-                ))
-                .await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(EngineError::Internal(format!(
-        "could not commit the tombstone marker to {}: other commits kept landing first",
-        table.name()
-    )))
+    let name = table.name();
+    // Already there (a retried purge, a later purge, or an ingest commit filtered with these
+    // tombstones already): never lowered. An ingest commit (which carries the same app id)
+    // landing first sends it round again.
+    let raised = commit::raise_txn(
+        table.delta_mut(),
+        name,
+        TOMBSTONE_MARKER_APP_ID,
+        tombstones as i64,
+    )
+    .await?;
+    raised.ok_or_else(|| {
+        EngineError::Internal(format!(
+            "could not commit the tombstone marker to {name}: other commits kept landing first"
+        ))
+    })
 }
 
 #[cfg(test)]

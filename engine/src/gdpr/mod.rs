@@ -12,10 +12,13 @@
 //!                -> receipt in `gdpr_audit` (keyed hash only, never the id)
 //! ```
 //!
-//! Ids are checked by [`Subject::validate`] (the id rule) before anything is stored.
+//! Ids are checked by [`Subject::validate`] (the id rule) before anything is stored. Every
+//! request, over HTTP or from the CLI, goes through [`GdprService`]: recorded in the durable
+//! [`RequestStore`] first, run one at a time, resumed by a restarted server until it is done.
 
 mod audit;
 mod export;
+mod lifecycle;
 mod marker;
 mod purge;
 mod requests;
@@ -25,7 +28,8 @@ mod tombstone;
 
 pub use audit::{AuditRecord, GDPR_AUDIT_TABLE};
 pub use export::{ExportBuilder, ExportManifest};
+pub use lifecycle::{ExportFileLookup, GdprService, PurgeHook, RequestRun};
 pub use purge::{PurgeBuilder, PurgeReceipt, PurgeTimings, TablePurge};
-pub use requests::{GdprRequest, RequestKind, RequestStatus, RequestStore};
+pub use requests::{GdprReceipt, GdprRequest, RequestKind, RequestStatus, RequestStore};
 pub use subject::{id_tokens, GdprKey, Subject, MAX_IDS_PER_REQUEST};
 pub use tombstone::{Tombstones, TOMBSTONES_TABLE};

@@ -1,12 +1,12 @@
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 
+use std::time::Instant;
+
 use chrono::Utc;
 use futures::TryStreamExt;
-use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
-use strata_schemas::EventKind;
 use tracing::{info, warn};
 
 use super::audit::AuditRecord;
@@ -14,7 +14,8 @@ use super::marker::commit_tombstone_marker;
 use super::rewrite::purge_table;
 use super::subject::{GdprKey, Subject};
 use super::tombstone::Tombstones;
-use crate::table::TableSpec;
+use crate::delta::layout;
+use crate::registry::{self, TableSpec};
 use crate::{Catalog, EngineError, Result, RollupBuilder, Storage};
 
 /// Test hook: when `STRATA_TEST_PAUSE_AT` names this step, the purge stops here for good (a
@@ -34,15 +35,6 @@ pub(super) async fn pause_point(step: &str) {
 /// (a writer that does not go through the tombstone fence, a commit in flight), before it
 /// gives up and fails, keeping the request's ids so that it can be run again.
 const MAX_ROUNDS: usize = 3;
-
-/// The raw tables: the only ones that hold subject ids (rollups hold none).
-fn raw_tables() -> [TableSpec; 3] {
-    [
-        TableSpec::for_events(EventKind::LinkClick),
-        TableSpec::for_events(EventKind::AiUsage),
-        TableSpec::dead_letters(),
-    ]
-}
 
 /// What a purge did to one table.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -142,8 +134,8 @@ impl PurgeBuilder {
     async fn execute(self) -> Result<PurgeReceipt> {
         self.subject.validate()?;
         let requested_at = self.requested_at.unwrap_or_else(Utc::now);
-        let key = match self.key {
-            Some(k) => k,
+        let key = match &self.key {
+            Some(k) => k.clone(),
             None => GdprKey::load_or_create(&self.storage).await?,
         };
         let subject_hash = key.hash(&self.subject.user_id);
@@ -158,70 +150,32 @@ impl PurgeBuilder {
         .await?;
         pause_point("tombstone").await;
 
-        let started = std::time::Instant::now();
-        let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
-        let mut timings = PurgeTimings::default();
-        let specs = raw_tables();
+        let started = Instant::now();
+        // The subject-bearing tables of the registry: rollups and system tables hold no ids.
+        let specs: Vec<TableSpec> = registry::subject_bearing().map(|t| t.spec()).collect();
         // The marker, in every raw table, before any scan: a commit of rows filtered without
         // these tombstones either lands before it (and the scan below sees it) or is refused
         // (see `marker.rs`). A table that does not exist yet is created with it.
         for spec in &specs {
             commit_tombstone_marker(&self.storage, spec.clone(), tombstones_version).await?;
         }
-        let mut tables: Vec<TablePurge> = Vec::new();
-        let mut exports_deleted = 0;
-        let mut rollup_days_recomputed = 0;
-        let mut verification = Vec::new();
-        let mut rounds = 0;
-        while rounds < MAX_ROUNDS {
-            rounds += 1;
-            let step = std::time::Instant::now();
-            // The raw tables are independent (one commit each): they are purged concurrently.
-            let round = futures::future::try_join_all(
-                specs
-                    .iter()
-                    .map(|spec| purge_table(&self.storage, &self.subject, spec, &self.request_id)),
-            )
-            .await?;
-            add_round(&mut tables, round);
-            exports_deleted += delete_exports_of(&self.storage, &subject_hash).await?;
-            timings.rewrite += ms(step);
-            pause_point("rollups").await;
-            // Rollups recompute the days whose files changed; the catalog sees the new versions.
-            let step = std::time::Instant::now();
-            let catalog = Catalog::open(&self.storage).await?;
-            let rollups = RollupBuilder::new(catalog.clone()).run().await?;
-            rollup_days_recomputed += rollups.iter().map(|r| r.dates.len()).sum::<usize>();
-            timings.rollups += ms(step);
-            pause_point("verify").await;
-            let step = std::time::Instant::now();
-            catalog.refresh().await?;
-            verification = verify(&catalog, &self.subject).await?;
-            timings.verify += ms(step);
-            if verification.iter().all(|(_, n)| *n == 0) {
-                break;
-            }
-            warn!(
-                round = rounds,
-                "purge verification found rows of the subject; rewriting again"
-            );
-        }
-        timings.total = ms(started);
-        let verified = verification.iter().all(|(_, n)| *n == 0);
+        let mut done = self.rewrite_rounds(&specs, &subject_hash).await?;
+        done.timings.total = started.elapsed().as_millis() as u64;
+        let verified = done.verification.iter().all(|(_, n)| *n == 0);
         let receipt = PurgeReceipt {
             request_id: self.request_id.clone(),
             subject_hash: subject_hash.clone(),
             requested_at,
             finished_at: Utc::now(),
-            rows_removed: tables.iter().map(|t| t.rows_removed).sum(),
-            tables,
-            rollup_days_recomputed,
-            exports_deleted,
+            rows_removed: done.tables.iter().map(|t| t.rows_removed).sum(),
+            tables: done.tables,
+            rollup_days_recomputed: done.rollup_days_recomputed,
+            exports_deleted: done.exports_deleted,
             verified,
-            verification,
+            verification: done.verification,
             tombstones_version,
-            rounds,
-            timings_ms: timings,
+            rounds: done.rounds,
+            timings_ms: done.timings,
         };
         AuditRecord {
             request_id: self.request_id,
@@ -237,23 +191,84 @@ impl PurgeBuilder {
         .await?;
         info!(
             rows_removed = receipt.rows_removed,
-            verified, rounds, "purge finished"
+            verified,
+            rounds = receipt.rounds,
+            "purge finished"
         );
         if !verified {
-            return Err(EngineError::Internal(format!(
-                "the purge is incomplete: after {rounds} rewrite rounds, rows of the subject are \
-                 still in {}; the request keeps its ids and can be run again",
-                receipt
-                    .verification
-                    .iter()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(t, n)| format!("{t} ({n} rows)"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            return Err(incomplete(&receipt));
         }
         Ok(receipt)
     }
+
+    /// Rewrites every table of `specs`, deletes the subject's exports, recomputes the rollups
+    /// and verifies; again while the verification finds rows of the subject, up to
+    /// [`MAX_ROUNDS`] rounds.
+    async fn rewrite_rounds(&self, specs: &[TableSpec], subject_hash: &str) -> Result<Rounds> {
+        let ms = |t: Instant| t.elapsed().as_millis() as u64;
+        let mut done = Rounds::default();
+        while done.rounds < MAX_ROUNDS {
+            done.rounds += 1;
+            let step = Instant::now();
+            // The raw tables are independent (one commit each): they are purged concurrently.
+            let round = futures::future::try_join_all(
+                specs
+                    .iter()
+                    .map(|spec| purge_table(&self.storage, &self.subject, spec, &self.request_id)),
+            )
+            .await?;
+            add_round(&mut done.tables, round);
+            done.exports_deleted += delete_exports_of(&self.storage, subject_hash).await?;
+            done.timings.rewrite += ms(step);
+            pause_point("rollups").await;
+            // Rollups recompute the days whose files changed; the catalog sees the new versions.
+            let step = Instant::now();
+            let catalog = Catalog::open(&self.storage).await?;
+            let rollups = RollupBuilder::new(catalog.clone()).run().await?;
+            done.rollup_days_recomputed += rollups.iter().map(|r| r.dates.len()).sum::<usize>();
+            done.timings.rollups += ms(step);
+            pause_point("verify").await;
+            let step = Instant::now();
+            catalog.refresh().await?;
+            done.verification = verify(&catalog, &self.subject).await?;
+            done.timings.verify += ms(step);
+            if done.verification.iter().all(|(_, n)| *n == 0) {
+                break;
+            }
+            warn!(
+                round = done.rounds,
+                "purge verification found rows of the subject; rewriting again"
+            );
+        }
+        Ok(done)
+    }
+}
+
+/// What the rewrite rounds of a purge came to.
+#[derive(Default)]
+struct Rounds {
+    tables: Vec<TablePurge>,
+    exports_deleted: usize,
+    rollup_days_recomputed: usize,
+    verification: Vec<(String, i64)>,
+    rounds: usize,
+    timings: PurgeTimings,
+}
+
+/// The error of a purge whose last verification still found rows of the subject.
+fn incomplete(receipt: &PurgeReceipt) -> EngineError {
+    EngineError::Internal(format!(
+        "the purge is incomplete: after {} rewrite rounds, rows of the subject are \
+         still in {}; the request keeps its ids and can be run again",
+        receipt.rounds,
+        receipt
+            .verification
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t} ({n} rows)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// Adds one round's per-table reports to the totals (the first round's `version_before` and
@@ -285,11 +300,12 @@ impl IntoFuture for PurgeBuilder {
     }
 }
 
-/// Rows of the subject left in each raw table (rollups hold no subject ids).
+/// Rows of the subject left in each subject-bearing table of the registry (rollups and system
+/// tables hold no subject ids).
 async fn verify(catalog: &Catalog, subject: &Subject) -> Result<Vec<(String, i64)>> {
     let (snap, ctx) = catalog.context()?;
     let mut out = Vec::new();
-    for table in ["link_clicks", "ai_usage", "dead_letters"] {
+    for table in registry::subject_bearing().map(|t| t.name) {
         if snap.version(table).is_none() {
             continue;
         }
@@ -309,7 +325,7 @@ async fn verify(catalog: &Catalog, subject: &Subject) -> Result<Vec<(String, i64
 async fn delete_exports_of(storage: &Storage, subject_hash: &str) -> Result<usize> {
     let store = storage.store();
     let listing = match store
-        .list_with_delimiter(Some(&Path::from("exports")))
+        .list_with_delimiter(Some(&layout::exports_dir()))
         .await
     {
         Ok(l) => l,
@@ -318,7 +334,7 @@ async fn delete_exports_of(storage: &Storage, subject_hash: &str) -> Result<usiz
     };
     let mut deleted = 0;
     for dir in listing.common_prefixes {
-        let manifest = dir.clone().join("manifest.json");
+        let manifest = dir.clone().join(layout::EXPORT_MANIFEST);
         let Ok(r) = store.get(&manifest).await else {
             continue;
         };

@@ -1,14 +1,16 @@
 //! Durable GDPR requests: each is a JSON document under `<root>/_strata/gdpr/requests/`, so a
 //! server that dies mid-request finds it on restart and finishes it. The raw subject ids are
 //! kept only until the request is done; after that the document holds the keyed hash.
+//!
+//! This file owns the document and its states (accepted -> running -> done | failed); running a
+//! request is [`super::GdprService`]'s.
 
 use chrono::{DateTime, Utc};
-use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
-use super::{ExportBuilder, GdprKey, PurgeBuilder, Subject};
-use crate::{EngineError, Result, Storage};
+use super::{ExportManifest, GdprKey, PurgeReceipt, Subject};
+use crate::{layout, EngineError, Redactor, Result, Storage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,6 +53,47 @@ impl GdprRequest {
             ..self.clone()
         }
     }
+
+    /// Whether a done export offers `name`: its manifest, or a file the manifest lists.
+    pub fn lists_export_file(&self, name: &str) -> bool {
+        name == "manifest.json"
+            || self
+                .receipt
+                .as_ref()
+                .and_then(|m| m["files"].as_array())
+                .is_some_and(|files| files.iter().any(|f| f["name"].as_str() == Some(name)))
+    }
+
+    /// Whether a server starting up must run it again: accepted or running when the last
+    /// server stopped, or a purge that failed and still holds its ids (a purge is an
+    /// obligation: it is retried until it is done).
+    fn is_unfinished(&self) -> bool {
+        let failed_purge = self.status == RequestStatus::Failed
+            && self.kind == RequestKind::Purge
+            && self.subject.is_some();
+        failed_purge
+            || matches!(
+                self.status,
+                RequestStatus::Accepted | RequestStatus::Running
+            )
+    }
+}
+
+/// What a request ends with, typed (the document stores it as JSON, relative to the root).
+#[derive(Debug, Clone)]
+pub enum GdprReceipt {
+    Purge(PurgeReceipt),
+    Export(ExportManifest),
+}
+
+impl GdprReceipt {
+    fn to_json(&self) -> Result<serde_json::Value> {
+        match self {
+            Self::Purge(r) => serde_json::to_value(r),
+            Self::Export(m) => serde_json::to_value(m),
+        }
+        .map_err(|e| EngineError::Internal(e.to_string()))
+    }
 }
 
 /// Where requests live.
@@ -66,10 +109,7 @@ impl RequestStore {
         }
     }
 
-    fn path(id: &str) -> Path {
-        Path::from(format!("_strata/gdpr/requests/{id}.json"))
-    }
-
+    /// Records a new request (accepted, holding its ids) once the ids pass the id rule.
     pub async fn create(
         &self,
         kind: RequestKind,
@@ -99,7 +139,7 @@ impl RequestStore {
             serde_json::to_vec_pretty(req).map_err(|e| EngineError::Internal(e.to_string()))?;
         self.storage
             .store()
-            .put(&Self::path(&req.id), bytes.into())
+            .put(&layout::gdpr_request(&req.id), bytes.into())
             .await
             .map_err(|e| EngineError::Internal(format!("storing GDPR request: {e}")))?;
         Ok(())
@@ -109,7 +149,7 @@ impl RequestStore {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Ok(None);
         }
-        match self.storage.store().get(&Self::path(id)).await {
+        match self.storage.store().get(&layout::gdpr_request(id)).await {
             Ok(r) => {
                 let b = r
                     .bytes()
@@ -126,14 +166,13 @@ impl RequestStore {
 
     /// Requests to run again at start: those accepted or running when the last server
     /// stopped, and purges that failed and still hold their ids (a purge is an obligation:
-    /// it is retried until it is done).
+    /// it is retried until it is done). Oldest first.
     pub async fn unfinished(&self) -> Result<Vec<GdprRequest>> {
         use futures::TryStreamExt;
-        let dir = Path::from("_strata/gdpr/requests");
         let items: Vec<_> = self
             .storage
             .store()
-            .list(Some(&dir))
+            .list(Some(&layout::gdpr_requests_dir()))
             .try_collect()
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?;
@@ -147,12 +186,7 @@ impl RequestStore {
                 continue;
             };
             if let Some(r) = self.get(id).await? {
-                let failed_purge = r.status == RequestStatus::Failed
-                    && r.kind == RequestKind::Purge
-                    && r.subject.is_some();
-                if failed_purge
-                    || matches!(r.status, RequestStatus::Accepted | RequestStatus::Running)
-                {
+                if r.is_unfinished() {
                     out.push(r);
                 }
             }
@@ -161,61 +195,47 @@ impl RequestStore {
         Ok(out)
     }
 
-    /// Runs a request to its end and stores the outcome. Running it again is harmless; a
-    /// failed request keeps its ids (to be run again) unless they break the id rule.
+    /// Stores that the request is running (a retried one loses its last error).
+    pub async fn mark_running(&self, req: &mut GdprRequest) -> Result<()> {
+        req.status = RequestStatus::Running;
+        req.error = None;
+        self.put(req).await
+    }
+
+    /// Stores how a run ended: done with its receipt (the ids dropped), or failed with its
+    /// error. A failed request keeps its ids, to be run again, unless they break the id rule.
     ///
     /// What the document says is for API clients: the receipt and the error name tables
     /// and files relative to the storage root, never its location.
-    pub async fn run(&self, mut req: GdprRequest) -> Result<GdprRequest> {
-        let Some(subject) = req.subject.clone() else {
-            return Ok(req); // already done
-        };
-        req.status = RequestStatus::Running;
-        req.error = None;
-        self.put(&req).await?;
-        let outcome = match req.kind {
-            RequestKind::Purge => PurgeBuilder::new(&self.storage, subject)
-                .request_id(&req.id)
-                .requested_at(req.requested_at)
-                .requested_by(&req.requested_by)
-                .await
-                .and_then(|r| {
-                    serde_json::to_value(r).map_err(|e| EngineError::Internal(e.to_string()))
-                }),
-            RequestKind::Export => ExportBuilder::new(&self.storage, subject)
-                .request_id(&req.id)
-                .requested_by(&req.requested_by)
-                .await
-                .and_then(|r| {
-                    serde_json::to_value(r).map_err(|e| EngineError::Internal(e.to_string()))
-                }),
-        };
+    pub async fn finish(&self, req: &mut GdprRequest, outcome: &Result<GdprReceipt>) -> Result<()> {
         req.finished_at = Some(Utc::now());
-        let redactor = crate::Redactor::for_root(self.storage.root());
-        match outcome {
-            Ok(mut receipt) => {
+        let redactor = Redactor::for_root(self.storage.root());
+        match outcome.as_ref().map(GdprReceipt::to_json) {
+            Ok(Ok(mut receipt)) => {
                 without_location(&redactor, &mut receipt);
                 req.status = RequestStatus::Done;
                 req.receipt = Some(receipt);
                 req.subject = None;
             }
-            Err(e) => {
-                req.status = RequestStatus::Failed;
-                req.error = Some(redactor.text(&e.to_string()));
-                // A failed request keeps the ids so that it can be run again, unless they
-                // can never run (the id rule refused them).
-                if matches!(e, EngineError::Param(_)) {
-                    req.subject = None;
-                }
-            }
+            Ok(Err(e)) => mark_failed(req, &e, &redactor),
+            Err(e) => mark_failed(req, e, &redactor),
         }
-        self.put(&req).await?;
-        Ok(req)
+        self.put(req).await
+    }
+}
+
+fn mark_failed(req: &mut GdprRequest, e: &EngineError, redactor: &Redactor) {
+    req.status = RequestStatus::Failed;
+    req.error = Some(redactor.text(&e.to_string()));
+    // The ids stay so that the request can be run again, unless they can never run (the id
+    // rule refused them).
+    if matches!(e, EngineError::Param(_)) {
+        req.subject = None;
     }
 }
 
 /// Strips the storage root from every string of a receipt or manifest.
-fn without_location(redactor: &crate::Redactor, v: &mut serde_json::Value) {
+fn without_location(redactor: &Redactor, v: &mut serde_json::Value) {
     match v {
         serde_json::Value::String(s) => *s = redactor.text(s),
         serde_json::Value::Array(items) => {
@@ -225,5 +245,57 @@ fn without_location(redactor: &crate::Redactor, v: &mut serde_json::Value) {
             .values_mut()
             .for_each(|f| without_location(redactor, f)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(kind: RequestKind, status: RequestStatus, ids: bool) -> GdprRequest {
+        GdprRequest {
+            id: "r1".into(),
+            kind,
+            status,
+            requested_by: "t".into(),
+            requested_at: Utc::now(),
+            finished_at: None,
+            subject_hash: "h".into(),
+            subject: ids.then(|| Subject::new("u-1")),
+            receipt: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn unfinished_requests_are_the_ones_to_run_again() {
+        use RequestKind::{Export, Purge};
+        use RequestStatus::{Accepted, Done, Failed, Running};
+        assert!(request(Export, Accepted, true).is_unfinished());
+        assert!(request(Purge, Running, true).is_unfinished());
+        assert!(request(Purge, Failed, true).is_unfinished());
+        assert!(!request(Purge, Failed, false).is_unfinished());
+        assert!(!request(Export, Failed, true).is_unfinished());
+        assert!(!request(Purge, Done, false).is_unfinished());
+    }
+
+    #[test]
+    fn a_failure_of_the_id_rule_drops_the_ids() {
+        let redactor = Redactor::default();
+        let mut req = request(RequestKind::Purge, RequestStatus::Running, true);
+        mark_failed(&mut req, &EngineError::Internal("x".into()), &redactor);
+        assert_eq!(req.status, RequestStatus::Failed);
+        assert!(req.subject.is_some());
+        mark_failed(&mut req, &EngineError::Param("id rule".into()), &redactor);
+        assert!(req.subject.is_none());
+    }
+
+    #[test]
+    fn an_export_offers_its_manifest_and_listed_files() {
+        let mut req = request(RequestKind::Export, RequestStatus::Done, false);
+        req.receipt = Some(serde_json::json!({ "files": [{ "name": "link_clicks.jsonl" }] }));
+        assert!(req.lists_export_file("manifest.json"));
+        assert!(req.lists_export_file("link_clicks.jsonl"));
+        assert!(!req.lists_export_file("ai_usage.jsonl"));
     }
 }

@@ -5,14 +5,11 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Date32Array, RecordBatch};
-use chrono::{NaiveDate, Utc};
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, Add, Remove};
-use deltalake::protocol::DeltaOperation;
+use chrono::NaiveDate;
+use deltalake::kernel::{Add, Remove};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTableBuilder, DeltaTableError};
+use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
 use object_store::ObjectStoreExt;
 // ParquetObjectReader is deprecated in arrow 59 in favour of a hand-written AsyncFileReader;
 // it still does ranged reads (footer, bloom filters) on any object store, which is what a
@@ -23,8 +20,9 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use tracing::info;
 
 use super::purge::{pause_point, TablePurge};
-use super::subject::Subject;
-use crate::table::TableSpec;
+use super::subject::{Subject, SubjectColumn};
+use crate::delta::{commit, layout, log};
+use crate::registry::TableSpec;
 use crate::writer::writer_properties;
 use crate::{EngineError, Result, Storage};
 
@@ -71,7 +69,6 @@ pub(super) async fn purge_table(
 
 /// One scan, rewrite and commit of the table. False when the commit lost a conflict (nothing
 /// committed, the files it wrote deleted): scan again.
-#[allow(deprecated)]
 async fn rewrite_table(
     storage: &Storage,
     subject: &Subject,
@@ -79,38 +76,81 @@ async fn rewrite_table(
     request_id: &str,
     report: &mut TablePurge,
 ) -> Result<bool> {
-    let url = storage.table_url(spec.name);
-    let table = DeltaTableBuilder::from_url(url.clone())?
-        .with_storage_options(storage.options().clone())
-        .load()
-        .await?;
-    let store = storage.store().clone();
-    let prefix = format!("tables/{}/", spec.name);
+    let table = log::load(storage, spec.name).await?;
     if report.version_before.is_none() {
         report.version_before = table.version();
     }
-
     let files: Vec<String> = table.get_file_uris()?.collect();
     report.files_in_table = files.len();
-    // Files are inspected in parallel tasks (one per core): bloom filters first, then a full
-    // read of the candidates; a file that holds the subject is rewritten in the same task, so
-    // reading, filtering and Parquet encoding run on every core and only the files in flight
-    // are held in memory.
+    let inspected = inspect_files(storage, &table, subject, spec, &files).await?;
+    let found = Rewrite::collect(spec, inspected);
+    if found.removes.is_empty() {
+        report.files_scanned += found.scanned;
+        report.version_after = table.version();
+        return Ok(true);
+    }
+    // No read predicate: appends landing meanwhile never conflict with this commit (they were
+    // filtered with the tombstones, see `marker.rs`); a commit that removed a file read here
+    // does. The marker rides in `commitInfo`, never the subject.
+    let committed = commit::remove_and_add(
+        storage,
+        spec.name,
+        &table,
+        &found.removes,
+        found.adds,
+        (PURGE_MARKER, request_id),
+    )
+    .await?;
+    let Some(version) = committed else {
+        return Ok(false);
+    };
+    report.version_after = Some(version);
+    report.files_scanned += found.scanned;
+    report.rows_removed += found.rows_removed;
+    report.files_rewritten += found.removes.len();
+    report.bytes_rewritten += found.bytes_rewritten;
+    pause_point(&format!("commit:{}", spec.name)).await;
+    report.files_vacuumed += delete_removed(storage, spec.name, &found.removes).await?;
+    info!(
+        table = spec.name,
+        files_rewritten = found.removes.len(),
+        rows_removed = found.rows_removed,
+        "purge committed"
+    );
+    Ok(true)
+}
+
+/// A candidate file inspected, and the files its kept rows were rewritten to.
+type Inspected = Option<(FileHit, Vec<Add>)>;
+
+/// Inspects every file of the table in parallel tasks (one per core): bloom filters first,
+/// then a full read of the candidates; a file that holds the subject is rewritten in the same
+/// task, so reading, filtering and Parquet encoding run on every core and only the files in
+/// flight are held in memory. None for a file its bloom filters rule out.
+#[allow(deprecated)]
+async fn inspect_files(
+    storage: &Storage,
+    table: &DeltaTable,
+    subject: &Subject,
+    spec: &TableSpec,
+    files: &[String],
+) -> Result<Vec<Inspected>> {
+    let url = storage.table_url(spec.name);
+    let store = storage.store().clone();
     // Unordered: an ordered buffer holds a finished quick file (ruled out by its bloom filter)
     // until the slow rewrite ahead of it is done, which left one core idle.
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut tasks = Vec::with_capacity(files.len());
-    for uri in &files {
+    for uri in files {
         let writer =
-            RecordBatchWriter::for_table(&table)?.with_writer_properties(writer_properties(spec));
-        let (store, url, prefix, uri) = (store.clone(), url.clone(), prefix.clone(), uri.clone());
+            RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties(spec));
+        let (store, url, uri) = (store.clone(), url.clone(), uri.clone());
         let (subject, spec) = (subject.clone(), spec.clone());
         tasks.push(async move {
             tokio::spawn(async move {
                 let columns = subject.columns(spec.name);
                 let started = std::time::Instant::now();
-                let Some(hit) =
-                    inspect_file(store, &url, &prefix, &uri, &subject, &spec, &columns).await?
+                let Some(hit) = inspect_file(store, &url, &uri, &subject, &spec, &columns).await?
                 else {
                     return Ok::<_, EngineError>(None);
                 };
@@ -134,105 +174,56 @@ async fn rewrite_table(
             .map_err(|e| EngineError::Internal(format!("purge task failed: {e}")))?
         });
     }
-    let hits: Vec<Option<(FileHit, Vec<Add>)>> = futures::stream::iter(tasks)
+    futures::stream::iter(tasks)
         .buffer_unordered(parallelism)
         .try_collect()
-        .await?;
-    let mut scanned = 0;
-    let mut removes = Vec::new();
-    let mut adds = Vec::new();
-    let (mut rows_removed, mut bytes_rewritten) = (0, 0);
-    for (hit, file_adds) in hits.into_iter().flatten() {
-        scanned += 1;
-        if hit.removed == 0 {
-            continue; // a bloom false positive
-        }
-        rows_removed += hit.removed;
-        bytes_rewritten += hit.size as i64;
-        adds.extend(file_adds);
-        removes.push(Remove {
-            path: hit.rel,
-            data_change: true,
-            deletion_timestamp: Some(Utc::now().timestamp_millis()),
-            extended_file_metadata: Some(true),
-            partition_values: Some(
-                [(spec.partition_column.to_string(), Some(hit.partition))]
-                    .into_iter()
-                    .collect(),
-            ),
-            size: Some(hit.size as i64),
-            tags: None,
-            deletion_vector: None,
-            base_row_id: None,
-            default_row_commit_version: None,
-        });
-    }
-    if removes.is_empty() {
-        report.files_scanned += scanned;
-        report.version_after = table.version();
-        return Ok(true);
-    }
-    let added: Vec<Path> = adds
-        .iter()
-        .map(|a| Path::from(format!("{prefix}{}", a.path)))
-        .collect();
-    let mut actions: Vec<Action> = removes.iter().cloned().map(Action::Remove).collect();
-    actions.extend(adds.into_iter().map(Action::Add));
-    // No read predicate: appends landing meanwhile never conflict with this commit (they were
-    // filtered with the tombstones, see `marker.rs`); a commit that removed a file read here
-    // does. The marker rides in `commitInfo`, never the subject.
-    let committed = CommitBuilder::from(
-        CommitProperties::default()
-            .with_max_retries(20)
-            .with_metadata([(
-                PURGE_MARKER.to_string(),
-                serde_json::Value::String(request_id.to_string()),
-            )]),
-    )
-    .with_actions(actions)
-    .build(
-        Some(table.snapshot()?),
-        table.log_store(),
-        DeltaOperation::Delete { predicate: None },
-    )
-    .await;
-    let committed = match committed {
-        Ok(c) => c,
-        Err(DeltaTableError::Transaction {
-            source: TransactionError::CommitConflict(e),
-        }) => {
-            tracing::debug!(table = spec.name, error = %e, "purge commit conflict");
-            // Nothing was committed: the rewritten files are nobody's.
-            for path in &added {
-                match store.delete(path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-                }
+        .await
+}
+
+/// What one scan found to change: the commit's removes and adds, and what they amount to.
+#[derive(Default)]
+struct Rewrite {
+    /// Candidate files read in full.
+    scanned: usize,
+    removes: Vec<Remove>,
+    adds: Vec<Add>,
+    rows_removed: usize,
+    bytes_rewritten: i64,
+}
+
+impl Rewrite {
+    fn collect(spec: &TableSpec, inspected: Vec<Inspected>) -> Self {
+        let mut out = Self::default();
+        for (hit, file_adds) in inspected.into_iter().flatten() {
+            out.scanned += 1;
+            if hit.removed == 0 {
+                continue; // a bloom false positive
             }
-            return Ok(false);
+            out.rows_removed += hit.removed;
+            out.bytes_rewritten += hit.size as i64;
+            out.adds.extend(file_adds);
+            out.removes.push(commit::removal(
+                hit.rel,
+                spec.partition_column,
+                hit.partition,
+                hit.size,
+            ));
         }
-        Err(e) => return Err(e.into()),
-    };
-    report.version_after = Some(committed.version());
-    report.files_scanned += scanned;
-    report.rows_removed += rows_removed;
-    report.files_rewritten += removes.len();
-    report.bytes_rewritten += bytes_rewritten;
-    pause_point(&format!("commit:{}", spec.name)).await;
-    for r in &removes {
-        let path = Path::from(format!("{prefix}{}", r.path));
-        match store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => report.files_vacuumed += 1,
+        out
+    }
+}
+
+/// Deletes the files a purge commit removed, at once (no time travel back to them).
+async fn delete_removed(storage: &Storage, table: &str, removes: &[Remove]) -> Result<usize> {
+    let mut deleted = 0;
+    for r in removes {
+        let path = layout::table_file(table, &r.path);
+        match storage.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
             Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
         }
     }
-    info!(
-        table = spec.name,
-        files_rewritten = removes.len(),
-        rows_removed,
-        "purge committed"
-    );
-    Ok(true)
+    Ok(deleted)
 }
 
 /// Writes the rows a file keeps (none when the subject was all it held, or when the bloom
@@ -262,11 +253,10 @@ struct FileHit {
 async fn inspect_file(
     store: Arc<dyn object_store::ObjectStore>,
     url: &url::Url,
-    prefix: &str,
     uri: &str,
     subject: &Subject,
     spec: &TableSpec,
-    columns: &[(&'static str, Vec<&str>)],
+    columns: &[SubjectColumn<'_>],
 ) -> Result<Option<FileHit>> {
     // Local tables list plain paths, object stores full URLs.
     let rel = uri
@@ -274,7 +264,7 @@ async fn inspect_file(
         .or_else(|| uri.strip_prefix(url.path()))
         .ok_or_else(|| EngineError::Internal(format!("file {uri} is outside its table")))?
         .to_string();
-    let path = Path::from(format!("{prefix}{rel}"));
+    let path = layout::table_file(spec.name, &rel);
     let meta = store
         .head(&path)
         .await
@@ -319,16 +309,16 @@ async fn inspect_file(
 #[allow(deprecated)]
 async fn may_hold(
     builder: &mut ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
-    columns: &[(&'static str, Vec<&str>)],
+    columns: &[SubjectColumn<'_>],
 ) -> Result<bool> {
-    if columns.iter().any(|(c, _)| *c == "payload") {
+    if columns.iter().any(|c| c.in_text) {
         return Ok(true);
     }
     let schema = builder.parquet_schema().clone();
     let groups = builder.metadata().num_row_groups();
     for rg in 0..groups {
-        for (col, ids) in columns {
-            let Some(idx) = (0..schema.num_columns()).find(|i| schema.column(*i).name() == *col)
+        for SubjectColumn { column, ids, .. } in columns {
+            let Some(idx) = (0..schema.num_columns()).find(|i| schema.column(*i).name() == *column)
             else {
                 continue;
             };
@@ -387,46 +377,15 @@ fn with_partition(batch: RecordBatch, spec: &TableSpec, days: i32) -> Result<Rec
 /// Deletes files that earlier purge commits removed and that are still in storage.
 async fn vacuum_previous_purges(storage: &Storage, table: &str) -> Result<usize> {
     let store = storage.store();
-    let log = Path::from(format!("tables/{table}/_delta_log"));
-    let entries: Vec<_> = store
-        .list(Some(&log))
-        .try_collect()
-        .await
-        .map_err(|e| EngineError::Internal(format!("listing {log}: {e}")))?;
     let mut deleted = 0;
-    for e in entries
-        .iter()
-        .filter(|e| e.location.as_ref().ends_with(".json"))
-    {
-        let bytes = store
-            .get(&e.location)
-            .await
-            .map_err(|err| EngineError::Internal(err.to_string()))?
-            .bytes()
-            .await
-            .map_err(|err| EngineError::Internal(err.to_string()))?;
-        if !bytes
-            .windows(PURGE_MARKER.len())
-            .any(|w| w == PURGE_MARKER.as_bytes())
-        {
-            continue;
-        }
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
-            if let Some(p) = v
-                .get("remove")
-                .and_then(|r| r.get("path"))
-                .and_then(|p| p.as_str())
-            {
-                let path = Path::from(format!("tables/{table}/{p}"));
-                if store.head(&path).await.is_ok() {
-                    store
-                        .delete(&path)
-                        .await
-                        .map_err(|err| EngineError::Internal(err.to_string()))?;
-                    deleted += 1;
-                }
-            }
+    for removed in log::files_removed_by_marked_commits(storage, table, PURGE_MARKER).await? {
+        let path = layout::table_file(table, &removed);
+        if store.head(&path).await.is_ok() {
+            store
+                .delete(&path)
+                .await
+                .map_err(|err| EngineError::Internal(err.to_string()))?;
+            deleted += 1;
         }
     }
     Ok(deleted)

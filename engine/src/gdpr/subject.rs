@@ -4,10 +4,12 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::datatypes::DataType;
 use bytes::Bytes;
-use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
 use sha2::{Digest, Sha256};
+use strata_schemas::PersonId;
 
+use crate::delta::layout;
+use crate::registry::{self, Names};
 use crate::{EngineError, Result, Storage};
 
 /// Who a request is about: a user id, and optionally the anonymous and session ids the
@@ -177,31 +179,43 @@ impl Subject {
             .collect()
     }
 
-    /// Which columns of `table` identify the subject, with the ids to look for in each.
-    /// `payload` is matched by containment (a dead letter's raw text naming any id).
-    pub(crate) fn columns(&self, table: &str) -> Vec<(&'static str, Vec<&str>)> {
-        let user = vec![self.user_id.as_str()];
-        let anon: Vec<&str> = self.anonymous_ids.iter().map(String::as_str).collect();
-        let sess: Vec<&str> = self.session_ids.iter().map(String::as_str).collect();
-        let mut out = match table {
-            "link_clicks" => vec![
-                ("user_id", user),
-                ("anonymous_id", anon),
-                ("session_id", sess),
-            ],
-            "ai_usage" => vec![("user_id", user), ("session_id", sess)],
-            "dead_letters" => vec![("key", self.ids()), ("payload", self.ids())],
-            _ => vec![],
-        };
-        out.retain(|(_, ids)| !ids.is_empty());
+    /// Which columns of `table` identify the subject (as the registry declares them), with
+    /// the ids to look for in each; columns with no id to look for are left out.
+    pub(crate) fn columns(&self, table: &str) -> Vec<SubjectColumn<'_>> {
+        let declared = registry::get(table).map(|t| t.identifier_columns());
+        let mut out: Vec<SubjectColumn<'_>> = declared
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| SubjectColumn {
+                column: c.column,
+                ids: self.ids_named_by(c.names),
+                in_text: c.names == Names::AnyIdInText,
+            })
+            .collect();
+        out.retain(|c| !c.ids.is_empty());
         out
+    }
+
+    /// The ids of the subject a column that names them this way can hold.
+    fn ids_named_by(&self, names: Names) -> Vec<&str> {
+        match names {
+            Names::Id(PersonId::User) => vec![self.user_id.as_str()],
+            Names::Id(PersonId::Anonymous) => as_strs(&self.anonymous_ids),
+            Names::Id(PersonId::Session) => as_strs(&self.session_ids),
+            Names::AnyId | Names::AnyIdInText => self.ids(),
+        }
     }
 
     /// Rows of `batch` (of `table`) that are about the subject.
     pub(crate) fn matches(&self, table: &str, batch: &RecordBatch) -> Result<BooleanArray> {
         let mut mask = vec![false; batch.num_rows()];
-        for (col, ids) in self.columns(table) {
-            let Some(values) = batch.column_by_name(col) else {
+        for SubjectColumn {
+            column,
+            ids,
+            in_text,
+        } in self.columns(table)
+        {
+            let Some(values) = batch.column_by_name(column) else {
                 continue;
             };
             let values: ArrayRef = arrow::compute::cast(values, &DataType::Utf8)?;
@@ -209,7 +223,7 @@ impl Subject {
                 .as_any()
                 .downcast_ref::<arrow::array::StringArray>()
                 .expect("cast to Utf8");
-            if col == "payload" {
+            if in_text {
                 for (i, v) in values.iter().enumerate() {
                     if let Some(v) = v {
                         mask[i] |= ids.iter().any(|id| names(v, id));
@@ -224,6 +238,20 @@ impl Subject {
         }
         Ok(BooleanArray::from(mask))
     }
+}
+
+fn as_strs(ids: &[String]) -> Vec<&str> {
+    ids.iter().map(String::as_str).collect()
+}
+
+/// A column of a table that can name the subject, with the subject's ids it may hold.
+#[derive(Debug, Clone)]
+pub(crate) struct SubjectColumn<'a> {
+    pub column: &'static str,
+    pub ids: Vec<&'a str>,
+    /// Free text naming an id as a whole token (a dead letter's payload), matched by
+    /// containment; every other column by equality.
+    pub in_text: bool,
 }
 
 /// True when `text` holds `id` as a whole token (not inside a longer id: `u-0` is not in
@@ -244,19 +272,21 @@ pub(crate) fn sql_predicate(subject: &Subject, table: &str) -> String {
     subject
         .columns(table)
         .iter()
-        .map(|(col, ids)| {
-            if *col == "payload" {
-                let alternatives = ids
+        .map(|c| {
+            if c.in_text {
+                let alternatives = c
+                    .ids
                     .iter()
                     .map(|id| regex_escape(id))
                     .collect::<Vec<_>>()
                     .join("|");
                 let re = format!("(^|[^A-Za-z0-9_-])({alternatives})([^A-Za-z0-9_-]|$)");
-                format!("regexp_like(payload, {})", lit(&re))
+                format!("regexp_like({}, {})", c.column, lit(&re))
             } else {
                 format!(
-                    "{col} IN ({})",
-                    ids.iter().map(|i| lit(i)).collect::<Vec<_>>().join(", ")
+                    "{} IN ({})",
+                    c.column,
+                    c.ids.iter().map(|i| lit(i)).collect::<Vec<_>>().join(", ")
                 )
             }
         })
@@ -309,7 +339,7 @@ impl GdprKey {
     }
 
     pub async fn load_or_create(storage: &Storage) -> Result<Self> {
-        let path = Path::from("_strata/gdpr.key");
+        let path = layout::gdpr_key();
         let store = storage.store();
         match store.get(&path).await {
             Ok(r) => {

@@ -4,15 +4,16 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-
-use crate::table::{EventTable, TableSpec};
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
-use deltalake::{DeltaTableBuilder, DeltaTableError};
+use deltalake::DeltaTableError;
 
+use crate::delta::log;
+use crate::registry::{self, TableSpec};
+use crate::table::EventTable;
 use crate::{Result, Storage};
 
-pub const TOMBSTONES_TABLE: &str = "gdpr_tombstones";
+pub const TOMBSTONES_TABLE: &str = registry::GDPR_TOMBSTONES.name;
 
 /// Keyed hashes of purged subjects and when the purge was asked for. Ingest drops events of
 /// such a subject that occurred before that time and arrive after it.
@@ -25,29 +26,11 @@ pub struct Tombstones {
 
 impl Tombstones {
     pub fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("subject_hash", DataType::Utf8, false),
-            Field::new(
-                "requested_at",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new("request_id", DataType::Utf8, false),
-            Field::new("request_date", DataType::Date32, false),
-        ]))
+        registry::gdpr_tombstones_schema()
     }
 
     fn spec() -> TableSpec {
-        TableSpec {
-            name: TOMBSTONES_TABLE,
-            schema: Self::schema(),
-            partition_column: "request_date",
-            sort_column: "requested_at",
-            stats_columns: &["requested_at"],
-            bloom_columns: &[],
-            high_cardinality: &["subject_hash", "request_id"],
-            lz4: false,
-        }
+        registry::GDPR_TOMBSTONES.spec()
     }
 
     /// Records the tombstones of one request; returns the table version that holds them
@@ -82,23 +65,14 @@ impl Tombstones {
     /// table is still at `known` (ingest polls this: only the tombstone table is read, never
     /// the whole catalog).
     pub async fn load_if_changed(storage: &Storage, known: Option<u64>) -> Result<Option<Self>> {
-        let table = match DeltaTableBuilder::from_url(storage.table_url(TOMBSTONES_TABLE))?
-            .with_storage_options(storage.options().clone())
-            .load()
-            .await
-        {
+        let table = match log::load(storage, TOMBSTONES_TABLE).await {
             Ok(t) => t,
             // No purge yet: no table. A local root has no directory either, which the Delta
             // loader reports as an invalid location rather than "not a table"; the log is
             // listed only then, off the path of every poll.
             Err(e) => {
-                let log = object_store::path::Path::from(format!(
-                    "tables/{TOMBSTONES_TABLE}/_delta_log/"
-                ));
                 let no_log = matches!(e, DeltaTableError::NotATable(_))
-                    || futures::StreamExt::next(&mut storage.store().list(Some(&log)))
-                        .await
-                        .is_none();
+                    || !log::has_log(storage, TOMBSTONES_TABLE).await;
                 if no_log {
                     return Ok(known.is_some().then(Self::default));
                 }

@@ -1,4 +1,5 @@
-//! Producing generated messages and creating topics (the generator, the demo, benches).
+//! Producing generated messages to Kafka and creating topics: the load side of `strata bench
+//! ingest`, also used by `strata gen --kafka` and `strata demo`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -31,7 +31,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::sketch::{filtered_out, for_each_bytes, hash64, inputs, DfResult, Hll, RowStates};
+use super::{filtered_out, for_each_bytes, hash64, inputs, DfResult, Hll, RowStates};
 
 /// Past this many values a group's list becomes a hash set.
 const SMALL_MAX: usize = 16;

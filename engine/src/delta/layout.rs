@@ -1,0 +1,133 @@
+//! Where everything lives under a storage root: the one place that spells a path.
+//!
+//! ```text
+//! <root>/tables/<name>/                  a Delta table (data files + _delta_log/)
+//! <root>/tables/<name>/_delta_log/<v>.json   one commit
+//! <root>/exports/<request id>/           a GDPR export (data files + manifest.json)
+//! <root>/_strata/gdpr/requests/<id>.json a durable GDPR request
+//! <root>/_strata/gdpr.key                the key that hashes subject ids in the audit log
+//! ```
+//!
+//! Paths are relative to the root (object-store paths); API answers and receipts name them this
+//! way so that no server path leaves the server.
+
+use deltalake::Path;
+use url::Url;
+
+/// The directory holding every table.
+pub const TABLES_DIR: &str = "tables";
+/// The directory holding every GDPR export.
+pub const EXPORTS_DIR: &str = "exports";
+/// The directory holding durable GDPR requests.
+pub const GDPR_REQUESTS_DIR: &str = "_strata/gdpr/requests";
+/// The audit-hash key.
+pub const GDPR_KEY: &str = "_strata/gdpr.key";
+/// The file of an export that lists what it holds (and whose subject hash a purge looks for).
+pub const EXPORT_MANIFEST: &str = "manifest.json";
+
+/// `tables` (the directory listed to find the tables).
+pub fn tables_dir() -> Path {
+    Path::from(TABLES_DIR)
+}
+
+/// `<root>/tables/<name>/` as a URL (what the Delta table builder opens).
+pub fn table_url(root: &Url, name: &str) -> Url {
+    let mut url = root.clone();
+    let path = format!("{}/{TABLES_DIR}/{name}/", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
+}
+
+/// `tables/<name>` (a table's directory).
+pub fn table_dir(name: &str) -> Path {
+    Path::from(format!("{TABLES_DIR}/{name}"))
+}
+
+/// `tables/<name>/<file>` (a file of a table, `file` relative to the table as in the log).
+pub fn table_file(name: &str, file: &str) -> Path {
+    Path::from(format!("{TABLES_DIR}/{name}/{file}"))
+}
+
+/// `tables/<name>/_delta_log`
+pub fn delta_log_dir(name: &str) -> Path {
+    Path::from(format!("{TABLES_DIR}/{name}/_delta_log"))
+}
+
+/// `tables/<name>/_delta_log/<version, 20 digits>.json`
+pub fn commit_file(name: &str, version: u64) -> Path {
+    Path::from(format!("{TABLES_DIR}/{name}/_delta_log/{version:020}.json"))
+}
+
+/// `exports` (the directory listed to find earlier exports).
+pub fn exports_dir() -> Path {
+    Path::from(EXPORTS_DIR)
+}
+
+/// `exports/<request id>` (as API answers name it, with a trailing slash: [`export_location`]).
+pub fn export_dir(request_id: &str) -> Path {
+    Path::from(format!("{EXPORTS_DIR}/{request_id}"))
+}
+
+/// `exports/<request id>/<file>`
+pub fn export_file(request_id: &str, file: &str) -> Path {
+    Path::from(format!("{EXPORTS_DIR}/{request_id}/{file}"))
+}
+
+/// `exports/<request id>/manifest.json`
+pub fn export_manifest(request_id: &str) -> Path {
+    export_file(request_id, EXPORT_MANIFEST)
+}
+
+/// `exports/<request id>/`: how manifests and receipts name an export (relative to the root).
+pub fn export_location(request_id: &str) -> String {
+    format!("{EXPORTS_DIR}/{request_id}/")
+}
+
+/// `_strata/gdpr/requests/<id>.json`
+pub fn gdpr_request(id: &str) -> Path {
+    Path::from(format!("{GDPR_REQUESTS_DIR}/{id}.json"))
+}
+
+/// `_strata/gdpr/requests`
+pub fn gdpr_requests_dir() -> Path {
+    Path::from(GDPR_REQUESTS_DIR)
+}
+
+/// `_strata/gdpr.key`
+pub fn gdpr_key() -> Path {
+    Path::from(GDPR_KEY)
+}
+
+/// `.strata-probe-<token>`: the file written and deleted to prove the root is writable.
+pub fn probe_file(token: &str) -> Path {
+    Path::from(format!(".strata-probe-{token}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(table_dir("link_clicks").as_ref(), "tables/link_clicks");
+        assert_eq!(
+            commit_file("link_clicks", 12).as_ref(),
+            "tables/link_clicks/_delta_log/00000000000000000012.json"
+        );
+        assert_eq!(
+            table_file("t", "day=2026-11-01/part-0.parquet").as_ref(),
+            "tables/t/day=2026-11-01/part-0.parquet"
+        );
+        assert_eq!(
+            export_file("r1", "manifest.json").as_ref(),
+            "exports/r1/manifest.json"
+        );
+        assert_eq!(export_location("r1"), "exports/r1/");
+        assert_eq!(export_manifest("r1").as_ref(), "exports/r1/manifest.json");
+        assert_eq!(delta_log_dir("t").as_ref(), "tables/t/_delta_log");
+        let root = Url::parse("s3://b/root/").unwrap();
+        assert_eq!(table_url(&root, "t").as_str(), "s3://b/root/tables/t/");
+        assert_eq!(gdpr_request("r1").as_ref(), "_strata/gdpr/requests/r1.json");
+        assert_eq!(gdpr_key().as_ref(), "_strata/gdpr.key");
+    }
+}

@@ -1,0 +1,222 @@
+//! The one reader of the Delta log: a table's state as delta-rs loads it (its version, the
+//! versions of its `txn` app ids), and its commit files read directly where delta-rs has no
+//! answer (when a commit landed, the files each commit added and removed, the partitions that
+//! changed between two versions, what earlier operations removed).
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::NaiveDate;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use tracing::warn;
+
+use super::layout;
+use crate::{EngineError, Result, Storage};
+
+/// Loads table `name` at its latest version (`NotATable` when it was never created).
+pub(crate) async fn load(
+    storage: &Storage,
+    name: &str,
+) -> std::result::Result<DeltaTable, DeltaTableError> {
+    DeltaTableBuilder::from_url(storage.table_url(name))?
+        .with_storage_options(storage.options().clone())
+        .load()
+        .await
+}
+
+/// Whether anything is under the table's `_delta_log`: tells a table that does not exist
+/// from one that fails to load.
+pub(crate) async fn has_log(storage: &Storage, name: &str) -> bool {
+    let log = layout::delta_log_dir(name);
+    futures::StreamExt::next(&mut storage.store().list(Some(&log)))
+        .await
+        .is_some()
+}
+
+/// The version of each `txn` app id in the loaded state of `table` (None: never committed).
+pub(crate) async fn txn_versions(
+    table: &DeltaTable,
+    app_ids: &[String],
+) -> Result<HashMap<String, Option<i64>>> {
+    let state = table.snapshot()?;
+    let log_store = table.log_store();
+    let mut out = HashMap::with_capacity(app_ids.len());
+    for id in app_ids {
+        let v = state.transaction_version(log_store.as_ref(), id).await?;
+        out.insert(id.clone(), v);
+    }
+    Ok(out)
+}
+
+/// The version of one `txn` app id in the loaded state of `table`.
+pub(crate) async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    Ok(table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
+}
+
+/// When commit `version` of `table` landed (its commit file's modification time), if known.
+pub(crate) async fn commit_time(storage: &Storage, table: &str, version: u64) -> Option<i64> {
+    storage
+        .store()
+        .head(&layout::commit_file(table, version))
+        .await
+        .ok()
+        .map(|m| m.last_modified.timestamp_millis())
+}
+
+/// A data file a commit added or removed, as its log entry names it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FileAction {
+    /// Relative to the table.
+    pub path: Option<String>,
+    pub partition_values: serde_json::Map<String, serde_json::Value>,
+}
+
+impl FileAction {
+    fn from_json(action: &serde_json::Value) -> Self {
+        Self {
+            path: action
+                .get("path")
+                .and_then(|p| p.as_str())
+                .map(str::to_string),
+            partition_values: action
+                .get("partitionValues")
+                .and_then(|p| p.as_object())
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The file's value of partition column `column` (None when the entry carries none).
+    pub fn partition(&self, column: &str) -> Option<&str> {
+        self.partition_values.get(column).and_then(|v| v.as_str())
+    }
+}
+
+/// The data files one commit added and removed, in log order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CommitFiles {
+    pub added: Vec<FileAction>,
+    pub removed: Vec<FileAction>,
+}
+
+/// The files added and removed by commit `version` of `table`; None when its commit file is
+/// gone (cleaned up).
+pub(crate) async fn commit_files(
+    storage: &Storage,
+    table: &str,
+    version: u64,
+) -> Result<Option<CommitFiles>> {
+    let path = layout::commit_file(table, version);
+    let bytes = match storage.store().get(&path).await {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading {path}: {e}")))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(EngineError::Internal(format!("reading {path}: {e}"))),
+    };
+    let mut files = CommitFiles::default();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let action: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| EngineError::Internal(format!("{path} is not JSON lines: {e}")))?;
+        if let Some(a) = action.get("add") {
+            files.added.push(FileAction::from_json(a));
+        }
+        if let Some(r) = action.get("remove") {
+            files.removed.push(FileAction::from_json(r));
+        }
+    }
+    Ok(Some(files))
+}
+
+/// The values of partition column `column` of every file added or removed in versions
+/// `from..=to` of `table`, each parsed by `parse`. None when a commit file is gone or a file
+/// carries no parsable value: the caller then treats every partition as changed.
+pub(crate) async fn changed_partitions<T: Ord>(
+    storage: &Storage,
+    table: &str,
+    column: &str,
+    from: u64,
+    to: u64,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<BTreeSet<T>>> {
+    let mut values = BTreeSet::new();
+    for v in from..=to {
+        let Some(files) = commit_files(storage, table, v).await? else {
+            warn!(
+                table,
+                version = v,
+                "commit file is gone; recomputing everything"
+            );
+            return Ok(None);
+        };
+        for file in files.added.iter().chain(&files.removed) {
+            match file.partition(column).and_then(&parse) {
+                Some(value) => {
+                    values.insert(value);
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+    Ok(Some(values))
+}
+
+/// The `event_date`s of the files added or removed in versions `from..=to` of a table, read
+/// from its commit files. None when a commit file is gone or a file carries no date: the
+/// caller then recomputes everything.
+pub async fn changed_dates(
+    storage: &Storage,
+    table: &str,
+    from: u64,
+    to: u64,
+) -> Result<Option<BTreeSet<NaiveDate>>> {
+    changed_partitions(storage, table, "event_date", from, to, |d| {
+        NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()
+    })
+    .await
+}
+
+/// The files removed by every commit of `table` whose commit file holds `marker` (the key an
+/// operation puts in its `commitInfo`): what such an operation may have left in storage when
+/// it was interrupted between its commit and its deletes.
+pub(crate) async fn files_removed_by_marked_commits(
+    storage: &Storage,
+    table: &str,
+    marker: &str,
+) -> Result<Vec<String>> {
+    let store = storage.store();
+    let log = layout::delta_log_dir(table);
+    let entries: Vec<_> = store
+        .list(Some(&log))
+        .try_collect()
+        .await
+        .map_err(|e| EngineError::Internal(format!("listing {log}: {e}")))?;
+    let mut removed = Vec::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.location.as_ref().ends_with(".json"))
+    {
+        let bytes = store
+            .get(&e.location)
+            .await
+            .map_err(|err| EngineError::Internal(err.to_string()))?
+            .bytes()
+            .await
+            .map_err(|err| EngineError::Internal(err.to_string()))?;
+        if !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            continue;
+        }
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+            if let Some(path) = v.get("remove").and_then(|r| FileAction::from_json(r).path) {
+                removed.push(path);
+            }
+        }
+    }
+    Ok(removed)
+}
