@@ -1,13 +1,45 @@
 //! Configuration blocks shared by the subcommands. Every flag is also read from
-//! `STRATA_<FLAG>`; its doc comment is its `--help`.
+//! `STRATA_<FLAG>`; its doc comment is its `--help`. Under both lies the configuration file
+//! ([`file`]): each of its keys ([`keys`]) becomes its flag's variable unless the
+//! environment sets that already, so the precedence is flag > environment > file > default.
 
+pub mod file;
+pub mod keys;
+pub mod logging;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use strata_engine::maintenance::RetentionPolicy;
 use strata_engine::StorageOptions;
 use strata_ingest::{IngestOptions, TopicBinding};
 use strata_query_api::{ApiLimits, Auth, HttpLimits, ServerConfig, TokenEntry};
 use strata_schemas::EventKind;
+
+pub use logging::{init_tracing, LogFormat};
+
+/// Flags of every subcommand: where the configuration file is and how logs look.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalConfig {
+    /// Configuration file (TOML; docs/operations/config.md); default ./strata.toml when it
+    /// exists. Flags and STRATA_* variables override its keys.
+    // Read before clap parses (file::locate), declared here so that clap accepts it and
+    // --help shows it.
+    #[allow(dead_code)]
+    #[arg(long, global = true, env = "STRATA_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log lines on stderr: text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct StorageConfig {
@@ -39,12 +71,8 @@ pub struct KafkaConfig {
     /// Kafka bootstrap servers, host:port[,host:port].
     #[arg(long, env = "STRATA_BROKERS", default_value = IngestOptions::DEFAULT_BROKERS)]
     pub brokers: String,
-    /// Topic of click events.
-    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = EventKind::LinkClick.default_topic())]
-    pub click_topic: String,
-    /// Topic of AI-usage events.
-    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = EventKind::AiUsage.default_topic())]
-    pub ai_usage_topic: String,
+    #[command(flatten)]
+    pub topics: TopicConfig,
     /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. security.protocol=SSL.
     #[arg(
         long = "kafka-option",
@@ -54,7 +82,19 @@ pub struct KafkaConfig {
     pub kafka_options: Vec<String>,
 }
 
-impl KafkaConfig {
+/// The topic of each kind of event: what `strata ingest` consumes and `strata gen --kafka`
+/// produces to.
+#[derive(Args, Debug, Clone)]
+pub struct TopicConfig {
+    /// Topic of click events.
+    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = EventKind::LinkClick.default_topic())]
+    pub click_topic: String,
+    /// Topic of AI-usage events.
+    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = EventKind::AiUsage.default_topic())]
+    pub ai_usage_topic: String,
+}
+
+impl TopicConfig {
     pub fn bindings(&self) -> Vec<TopicBinding> {
         vec![
             TopicBinding {
@@ -81,6 +121,12 @@ pub struct FlushConfig {
     /// Consumer group; part of the Delta txn app ids (strata-<group>-<topic>-<partition>).
     #[arg(long, env = "STRATA_GROUP", default_value = IngestOptions::DEFAULT_GROUP)]
     pub group: String,
+    /// Static group membership: this process's group.instance.id, so that a restart takes
+    /// its partitions back at once; `auto` uses the host name. Unset by default. No two
+    /// processes may share one (the broker fences the older), so `auto` suits one ingest per
+    /// host (a StatefulSet pod, a VM).
+    #[arg(long, env = "STRATA_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// Flush when this many messages are buffered.
     #[arg(long, env = "STRATA_FLUSH_ROWS", default_value_t = IngestOptions::DEFAULT_FLUSH_ROWS)]
     pub flush_rows: usize,
@@ -107,14 +153,96 @@ pub fn ingest_options(kafka: &KafkaConfig, flush: &FlushConfig) -> anyhow::Resul
     Ok(IngestOptions {
         brokers: kafka.brokers.clone(),
         group: flush.group.clone(),
-        topics: kafka.bindings(),
+        topics: kafka.topics.bindings(),
         flush_rows: flush.flush_rows.max(1),
         flush_bytes: flush.flush_bytes.max(1),
         flush_age: Duration::from_millis(flush.flush_age_ms),
         dedupe_window: flush.dedupe_window,
         kafka_config: pairs(&kafka.kafka_options, "--kafka-option")?,
+        group_instance_id: flush
+            .group_instance_id
+            .as_deref()
+            .map(group_instance_id)
+            .transpose()?,
         ..IngestOptions::default()
     })
+}
+
+/// The value of `--group-instance-id` that `auto` stands for.
+pub const GROUP_INSTANCE_AUTO: &str = "auto";
+
+/// `--group-instance-id` as the consumer's `group.instance.id`: `auto` is the host name.
+fn group_instance_id(flag: &str) -> anyhow::Result<String> {
+    let id = if flag == GROUP_INSTANCE_AUTO {
+        host_name().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--group-instance-id auto: cannot read the host name; pass an explicit id"
+            )
+        })?
+    } else {
+        flag.trim().to_string()
+    };
+    if id.is_empty() {
+        anyhow::bail!("--group-instance-id must not be empty");
+    }
+    Ok(id)
+}
+
+/// The host name (Linux: /proc/sys/kernel/hostname, /etc/hostname; else `HOSTNAME`).
+fn host_name() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Where `strata ingest` serves its Prometheus metrics.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "STRATA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How long each table keeps its rows (what retention removes).
+#[derive(Args, Debug, Clone)]
+pub struct RetentionConfig {
+    /// Retention of one table, TABLE=DAYS or TABLE=forever (repeatable); the tables not named
+    /// keep their defaults (docs/operations/maintenance.md).
+    #[arg(
+        long = "retention-days",
+        env = "STRATA_RETENTION_DAYS",
+        value_delimiter = ',',
+        value_name = "TABLE=DAYS"
+    )]
+    pub retention_days: Vec<String>,
+}
+
+impl RetentionConfig {
+    /// The default policy with the configured tables changed.
+    pub fn policy(&self) -> anyhow::Result<RetentionPolicy> {
+        let mut policy = RetentionPolicy::default();
+        for (table, days) in pairs(&self.retention_days, "--retention-days")? {
+            if strata_engine::registry::get(&table).is_none() {
+                anyhow::bail!("--retention-days names `{table}`, which is not a table of Strata's");
+            }
+            let days = if days == file::RETENTION_FOREVER {
+                None
+            } else {
+                match days.parse::<u32>() {
+                    Ok(d) if d >= 1 => Some(d),
+                    _ => anyhow::bail!(
+                        "--retention-days {table}={days}: days must be a whole number (1 or more) or `{}`",
+                        file::RETENTION_FOREVER
+                    ),
+                }
+            };
+            policy.days.insert(table, days);
+        }
+        Ok(policy)
+    }
 }
 
 fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -127,18 +255,6 @@ fn pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> 
                 .ok_or_else(|| anyhow::anyhow!("{flag} `{s}` must be KEY=VALUE"))
         })
         .collect()
-}
-
-/// Logs go to stderr; `RUST_LOG` (or `STRATA_LOG`) sets the filter, default `info`.
-pub fn init_tracing() {
-    let filter = std::env::var("STRATA_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,strata=info,strata_ingest=info,strata_engine=info,deltalake_core=off,deltalake=off,delta_kernel=off,buoyant_kernel=off".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -198,6 +314,34 @@ pub struct ApiConfig {
         default_value_t = ServerConfig::DEFAULT_ROLLUP_INTERVAL.as_secs()
     )]
     pub rollup_interval_secs: u64,
+    /// Seconds per compaction slot; each slot runs on one server of the root (0: never).
+    #[arg(
+        long,
+        env = "STRATA_COMPACT_INTERVAL_SECS",
+        default_value_t = ServerConfig::DEFAULT_COMPACT_INTERVAL.as_secs()
+    )]
+    pub compact_interval_secs: u64,
+    /// Seconds per vacuum slot: vacuum, checkpoints, log cleanup (0: never).
+    #[arg(
+        long,
+        env = "STRATA_VACUUM_INTERVAL_SECS",
+        default_value_t = ServerConfig::DEFAULT_VACUUM_INTERVAL.as_secs()
+    )]
+    pub vacuum_interval_secs: u64,
+    /// Seconds per retention slot (0: never).
+    #[arg(
+        long,
+        env = "STRATA_RETENTION_INTERVAL_SECS",
+        default_value_t = ServerConfig::DEFAULT_RETENTION_INTERVAL.as_secs()
+    )]
+    pub retention_interval_secs: u64,
+    /// Seconds between this server's table health checks (the table_health panel; 0: never).
+    #[arg(
+        long,
+        env = "STRATA_TABLE_HEALTH_INTERVAL_SECS",
+        default_value_t = ServerConfig::DEFAULT_TABLE_HEALTH_INTERVAL.as_secs()
+    )]
+    pub table_health_interval_secs: u64,
     /// Connections served at once; more wait in the kernel's accept queue.
     #[arg(
         long,
@@ -253,8 +397,12 @@ impl ApiConfig {
         ServerConfig {
             listen: self.listen.clone(),
             cache_bytes: self.cache_mb.max(1) << 20,
-            rollup_every: (self.rollup_interval_secs > 0)
-                .then(|| Duration::from_secs(self.rollup_interval_secs)),
+            rollup_every: every(self.rollup_interval_secs),
+            compact_every: every(self.compact_interval_secs),
+            vacuum_every: every(self.vacuum_interval_secs),
+            retention_every: every(self.retention_interval_secs),
+            table_health_every: every(self.table_health_interval_secs),
+            maintenance: strata_engine::MaintenanceOptions::default(),
             limits: self.limits(),
         }
     }
@@ -304,4 +452,9 @@ pub fn token_auth(lines: &[String], rate: f64) -> anyhow::Result<Auth> {
 /// A duration as the milliseconds a flag takes (for defaults declared as `Duration`s).
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A schedule interval from its flag: 0 seconds is never.
+fn every(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }

@@ -13,10 +13,14 @@ use clap::{Parser, Subcommand};
     about = "Event-sourced analytics: Kafka -> Delta Lake -> SQL"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: config::GlobalConfig,
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run everything on an embedded Kafka: produce events, ingest them, show the tables.
@@ -31,9 +35,18 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Bring the rollup tables up to date (only the changed days), or rebuild them.
     Rollup(cmd::rollup::RollupArgs),
+    /// Bin-pack the small files of busy partitions into files near a target size.
+    Compact(cmd::compact::CompactArgs),
+    /// Delete files no table version needs after a grace period; checkpoint and clean the log.
+    Vacuum(cmd::vacuum::VacuumArgs),
+    /// Remove the partitions older than each table's retention window.
+    Retention(cmd::retention::RetentionArgs),
     /// GDPR/CCPA: export or purge one data subject.
     #[command(subcommand)]
     Gdpr(cmd::gdpr::GdprCommand),
+    /// Validate the configuration (file, STRATA_* variables, flags) and print it, secrets hidden.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
@@ -43,8 +56,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The config file becomes STRATA_* variables before clap reads them, while the process has
+    // one thread.
+    if let Err(e) = config::file::export_to_env() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
-    config::init_tracing();
+    config::init_tracing(cli.global.log_format);
     // Worker stacks of 16 MiB (2 MiB by default): planning and optimising recurse once per
     // level of a statement's expression tree. The read-only gate bounds that depth; the larger
     // stack keeps a margin for the deepest statement it lets through.
@@ -60,6 +79,10 @@ fn main() -> anyhow::Result<()> {
             Command::Sql(a) => cmd::sql::run(a).await,
             Command::Serve(a) => cmd::serve::run(a).await,
             Command::Rollup(a) => cmd::rollup::run(a).await,
+            Command::Compact(a) => cmd::compact::run(a).await,
+            Command::Vacuum(a) => cmd::vacuum::run(a).await,
+            Command::Retention(a) => cmd::retention::run(a).await,
+            Command::Config(c) => cmd::config::run(c),
             Command::Token(c) => cmd::token::run(c),
             Command::Gdpr(c) => cmd::gdpr::run(c).await,
             Command::Bench(c) => cmd::bench::run(c).await,

@@ -24,15 +24,7 @@ fn decode(c: &mut Criterion) {
         ("ai_usage", Kind::AiUsage, 0.0),
     ] {
         let payloads = messages(kind, 20_000, rate);
-        let raw: Vec<RawMessage<'_>> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, p)| RawMessage {
-                payload: p.as_bytes(),
-                partition: 0,
-                offset: i as i64,
-            })
-            .collect();
+        let raw = RawMessage::sequence(&payloads, 0, 0);
         let decoder = EventDecoder::new(EventKind::from(kind));
         group.throughput(Throughput::Elements(raw.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), &raw, |b, raw| {

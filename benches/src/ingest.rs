@@ -10,7 +10,7 @@ use chrono::Utc;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
-use strata_engine::{Storage, StorageOptions};
+use strata_engine::Storage;
 use strata_fixtures::{GenOptions, Generator, Message};
 use strata_ingest::{DirectMessage, IngestMetrics, IngestOptions, TopicBinding};
 use strata_schemas::EventKind;
@@ -178,11 +178,7 @@ impl RunRoots {
     }
 
     async fn open(&self, stage: &str) -> anyhow::Result<Storage> {
-        Ok(Storage::open(&StorageOptions {
-            url: format!("{}/{stage}", self.base),
-            ..Default::default()
-        })
-        .await?)
+        Ok(Storage::open_url(&format!("{}/{stage}", self.base)).await?)
     }
 
     fn remove_temporary(&self) {
@@ -192,15 +188,10 @@ impl RunRoots {
     }
 }
 
-/// Stage 1: decode -> Parquet -> Delta commit, no broker.
-async fn direct_stage(
-    roots: &RunRoots,
-    generated: &Generated,
-    flush_rows: usize,
-) -> anyhow::Result<Stage> {
-    let storage = roots.open("direct").await?;
-    let direct: Vec<DirectMessage<'_>> = generated
-        .messages
+/// Generated messages as the ingest's broker-free path takes them (`strata gen
+/// --storage-url` writes through the same path).
+pub fn direct_messages(messages: &[Message]) -> Vec<DirectMessage<'_>> {
+    messages
         .iter()
         .map(|m| {
             (
@@ -209,7 +200,17 @@ async fn direct_stage(
                 m.payload.as_bytes(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Stage 1: decode -> Parquet -> Delta commit, no broker.
+async fn direct_stage(
+    roots: &RunRoots,
+    generated: &Generated,
+    flush_rows: usize,
+) -> anyhow::Result<Stage> {
+    let storage = roots.open("direct").await?;
+    let direct = direct_messages(&generated.messages);
     let metrics = IngestMetrics::new(&prometheus::Registry::new())?;
     eprintln!("bench: decode -> commit of {} messages", direct.len());
     let (cpu0, t0) = (cpu_seconds(), Instant::now());

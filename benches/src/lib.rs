@@ -9,14 +9,17 @@
 //!          --messages--> [ ingest runner: direct commit, kafka -> ingest ] --> IngestResults
 //! engine root ---------> [ query runner: rollups, panels (+ DuckDB) ]     --> QueryResults
 //!             ---------> [ purge runner: median subject ]                 --> PurgeResults
+//!             ---------> [ compact runner: 1,000 small files, query before/after ] --> CompactResults
 //! ```
 
+pub mod compact;
 pub mod ingest;
 pub mod kafka;
 mod measure;
 pub mod purge;
 pub mod query;
 
+pub use compact::{CompactBench, CompactResults};
 pub use ingest::{EndToEnd, IngestBench, IngestResults};
 pub use purge::PurgeResults;
 pub use query::{QueryBench, QueryResults};

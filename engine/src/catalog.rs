@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -27,6 +27,7 @@ use deltalake::DeltaTable;
 use tracing::{debug, warn};
 
 use crate::delta::log;
+use crate::delta::stats::{self, TableHealth};
 use crate::memory::QueryShare;
 use crate::{bounded, registry, sketch, Result, Storage};
 
@@ -66,6 +67,9 @@ pub struct TableEntry {
 #[derive(Clone, Default)]
 pub struct Snapshot {
     pub tables: BTreeMap<String, TableEntry>,
+    /// The last health check of each table ([`Catalog::table_health`]), possibly of an older
+    /// version: the `strata_tables` view shows it with the time it was computed.
+    pub health: BTreeMap<String, TableHealth>,
 }
 
 impl Snapshot {
@@ -99,7 +103,8 @@ impl Snapshot {
     }
 
     /// A fresh session over this snapshot, with the sketch functions and the `strata_tables`
-    /// view (name, version, last commit) registered. SQL options (read-only) are the caller's.
+    /// view (name, version, last commit, last health check) registered. SQL options (read-only)
+    /// are the caller's.
     pub fn context(&self, base: &RuntimeEnv, limits: &QueryLimits) -> Result<SessionContext> {
         let pool: Arc<dyn MemoryPool> = match (&limits.server_pool, limits.memory_bytes) {
             (Some(server), Some(b)) => Arc::new(QueryShare::new(server.clone(), b)),
@@ -136,15 +141,29 @@ impl Snapshot {
         Ok(ctx)
     }
 
+    /// `strata_tables`: per table its name, version and last commit, and the figures of its
+    /// last health check (null until one ran).
     fn tables_view(&self) -> Result<MemTable> {
+        let ms = |name: &str| {
+            Field::new(
+                name,
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            )
+        };
+        let int = |name: &str| Field::new(name, DataType::Int64, true);
         let schema = Arc::new(Schema::new(vec![
             Field::new("table_name", DataType::Utf8, false),
             Field::new("version", DataType::Int64, false),
-            Field::new(
-                "last_commit_at",
-                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                true,
-            ),
+            ms("last_commit_at"),
+            int("files"),
+            int("bytes"),
+            int("small_files"),
+            Field::new("largest_partition", DataType::Utf8, true),
+            int("largest_partition_files"),
+            int("commits_since_checkpoint"),
+            int("vacuum_bytes"),
+            ms("health_at"),
         ]));
         let names: StringArray = self.tables.keys().map(|k| Some(k.as_str())).collect();
         let versions: Int64Array = self
@@ -158,9 +177,43 @@ impl Snapshot {
             .map(|t| t.committed_at_ms)
             .collect::<TimestampMillisecondArray>()
             .with_timezone("UTC");
+        let health: Vec<Option<&TableHealth>> =
+            self.tables.keys().map(|k| self.health.get(k)).collect();
+        let count = |f: &dyn Fn(&TableHealth) -> u64| -> ArrayRef {
+            Arc::new(
+                health
+                    .iter()
+                    .map(|h| h.map(|h| i64::try_from(f(h)).unwrap_or(i64::MAX)))
+                    .collect::<Int64Array>(),
+            )
+        };
+        let partitions: StringArray = health
+            .iter()
+            .map(|h| {
+                h.and_then(|h| h.largest_partition.as_ref())
+                    .map(|p| p.partition.as_str())
+            })
+            .collect();
+        let health_at: TimestampMillisecondArray = health
+            .iter()
+            .map(|h| h.map(|h| h.computed_at.timestamp_millis()))
+            .collect::<TimestampMillisecondArray>()
+            .with_timezone("UTC");
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(names), Arc::new(versions), Arc::new(commits)],
+            vec![
+                Arc::new(names),
+                Arc::new(versions),
+                Arc::new(commits),
+                count(&|h| h.files),
+                count(&|h| h.bytes),
+                count(&|h| h.small_files),
+                Arc::new(partitions),
+                count(&|h| h.largest_partition.as_ref().map_or(0, |p| p.files)),
+                count(&|h| h.commits_since_checkpoint),
+                count(&|h| h.vacuum_bytes),
+                Arc::new(health_at),
+            ],
         )?;
         Ok(MemTable::try_new(schema, vec![vec![batch]])?)
     }
@@ -172,6 +225,8 @@ pub struct Catalog {
     runtime: Arc<RuntimeEnv>,
     loaded: tokio::sync::Mutex<Loaded>,
     current: parking_lot::RwLock<Arc<Snapshot>>,
+    /// The last health check of each table, copied into every new snapshot.
+    health: parking_lot::RwLock<BTreeMap<String, TableHealth>>,
 }
 
 #[derive(Default)]
@@ -187,6 +242,7 @@ impl Catalog {
             runtime: Arc::new(RuntimeEnv::default()),
             loaded: tokio::sync::Mutex::new(Loaded::default()),
             current: parking_lot::RwLock::new(Arc::new(Snapshot::default())),
+            health: parking_lot::RwLock::default(),
         });
         catalog.refresh().await?;
         Ok(catalog)
@@ -267,6 +323,7 @@ impl Catalog {
             };
             next.tables.insert(name, entry);
         }
+        next.health = self.health.read().clone();
         let next = Arc::new(next);
         *self.current.write() = next.clone();
         loaded.refreshed = Some(Instant::now());
@@ -275,6 +332,44 @@ impl Catalog {
             "catalog refreshed"
         );
         Ok(next)
+    }
+
+    /// Checks the health of every table at the versions of a fresh refresh, from the log state
+    /// the catalog has loaded (no replay), each table's last checkpoint and a listing of its
+    /// directory; keeps the figures for the `strata_tables` view. A table whose check fails is
+    /// logged and left out.
+    pub async fn table_health(&self) -> Result<Vec<TableHealth>> {
+        self.refresh().await?;
+        let tables: Vec<(String, DeltaTable)> = {
+            let loaded = self.loaded.lock().await;
+            loaded
+                .tables
+                .iter()
+                .filter(|(_, t)| t.version().is_some())
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect()
+        };
+        let mut checked = Vec::with_capacity(tables.len());
+        for (name, table) in &tables {
+            match stats::health_of(&self.storage, name, table).await {
+                Ok(h) => checked.push(h),
+                Err(e) => warn!(table = %name, error = %e, "table health check failed"),
+            }
+        }
+        // Under the refresh lock, so that a refresh neither misses nor overwrites these figures.
+        let loaded = self.loaded.lock().await;
+        let board = {
+            let mut board = self.health.write();
+            for h in &checked {
+                board.insert(h.table.clone(), h.clone());
+            }
+            board.clone()
+        };
+        let mut snapshot = (*self.snapshot()).clone();
+        snapshot.health = board;
+        *self.current.write() = Arc::new(snapshot);
+        drop(loaded);
+        Ok(checked)
     }
 
     /// A session over the current snapshot without limits (CLI and jobs).

@@ -19,6 +19,8 @@ mod error;
 mod format;
 pub mod gdpr;
 mod jobs;
+pub mod lease;
+pub mod maintenance;
 pub mod memory;
 mod panel;
 mod readonly;
@@ -38,7 +40,10 @@ pub use delta::layout;
 pub use delta::log::changed_dates;
 pub use error::{EngineError, Result};
 pub use format::{write_batches, OutputFormat};
-pub use jobs::{JobRun, JobRuns, JOB_RUNS_TABLE};
+pub use jobs::{
+    run_scheduled, JobRun, JobRuns, MaintenanceOptions, ScheduledJob, ScheduledOutcome,
+    JOB_RUNS_TABLE,
+};
 pub use panel::{
     Panel, PanelParams, PanelRequest, PanelResult, Panels, ParamKind, ParamRule, ParamSpec,
     ParamValue, Period, PreparedPanel, PARAMS,

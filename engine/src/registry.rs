@@ -487,7 +487,7 @@ pub(crate) fn gdpr_tombstones_schema() -> SchemaRef {
 mod tests {
     use super::*;
     use crate::gdpr::{ExportBuilder, PurgeBuilder, Subject};
-    use crate::{Storage, StorageOptions};
+    use crate::Storage;
 
     #[test]
     fn declarations_are_complete() {
@@ -543,12 +543,7 @@ mod tests {
     #[tokio::test]
     async fn every_subject_bearing_table_is_purged_and_exported() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions {
-            url: dir.path().to_str().unwrap().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let storage = Storage::open_dir(dir.path()).await.unwrap();
         crate::ensure_tables(&storage).await.unwrap();
         let subject = Subject::new("u-registry");
         let manifest = ExportBuilder::new(&storage, subject.clone()).await.unwrap();

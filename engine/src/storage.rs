@@ -70,6 +70,28 @@ impl Storage {
         Ok(storage)
     }
 
+    /// Opens `url` (a local directory or an object-store URL) with default object-store
+    /// options: the root the tools and benches name by a single URL.
+    pub async fn open_url(url: &str) -> Result<Self> {
+        Self::open(&StorageOptions {
+            url: url.to_string(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Opens a local directory (created if missing) with default options: the root a test
+    /// keeps in a temporary directory.
+    pub async fn open_dir(path: &std::path::Path) -> Result<Self> {
+        let url = path.to_str().ok_or_else(|| {
+            EngineError::config(format!(
+                "storage directory `{}` is not valid UTF-8",
+                path.display()
+            ))
+        })?;
+        Self::open_url(url).await
+    }
+
     async fn probe(&self) -> Result<()> {
         let path = layout::probe_file(&uuid::Uuid::new_v4().to_string());
         self.store

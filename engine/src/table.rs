@@ -185,7 +185,7 @@ impl EventTable {
 mod tests {
     use super::*;
     use crate::delta::layout;
-    use crate::{SqlSession, StorageOptions};
+    use crate::SqlSession;
     use strata_schemas::{EventDecoder, EventKind, RawMessage};
 
     fn batch(ids: &[&str]) -> RecordBatch {
@@ -194,15 +194,7 @@ mod tests {
             .enumerate()
             .map(|(i, id)| format!(r#"{{"schema_version":1,"event_id":"{id}","occurred_at":"2026-10-0{}T12:00:00Z","user_id":"u-1","item_id":"i","item_type":"profile","source":"search","target_url":"/p"}}"#, 1 + i % 2))
             .collect();
-        let raw: Vec<_> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, p)| RawMessage {
-                payload: p.as_bytes(),
-                partition: 0,
-                offset: i as i64,
-            })
-            .collect();
+        let raw = RawMessage::sequence(&payloads, 0, 0);
         let d = EventDecoder::new(EventKind::LinkClick)
             .decode(&raw, 1_800_000_000_000_000)
             .unwrap();
@@ -213,12 +205,7 @@ mod tests {
     #[tokio::test]
     async fn append_carries_offsets_and_fences_stale_writers() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions {
-            url: dir.path().to_str().unwrap().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let storage = Storage::open_dir(dir.path()).await.unwrap();
         let mut a =
             EventTable::open_or_create(&storage, TableSpec::for_events(EventKind::LinkClick))
                 .await
@@ -233,30 +220,19 @@ mod tests {
             "0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11",
             "1b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11",
         ];
-        let out = a
-            .append(
-                &[batch(&ids[..1])],
-                &[TxnUpdate {
-                    app_id: app.clone(),
-                    expected: None,
-                    next: 10,
-                }],
-            )
-            .await
-            .unwrap();
+        // The first write of the partition, as both writers believe it to be.
+        let first_write = [TxnUpdate {
+            app_id: app.clone(),
+            expected: None,
+            next: 10,
+        }];
+        let out = a.append(&[batch(&ids[..1])], &first_write).await.unwrap();
         assert_eq!(out.rows, 1);
         assert_eq!(out.files, 1);
 
         // b still believes the partition was never written: fenced, nothing committed.
         let err = b
-            .append(
-                &[batch(&ids[..1])],
-                &[TxnUpdate {
-                    app_id: app.clone(),
-                    expected: None,
-                    next: 10,
-                }],
-            )
+            .append(&[batch(&ids[..1])], &first_write)
             .await
             .unwrap_err();
         assert!(

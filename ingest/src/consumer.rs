@@ -92,6 +92,9 @@ pub(crate) fn connect(
         .set("queued.max.messages.kbytes", "65536")
         .set("statistics.interval.ms", "5000")
         .set("client.id", "strata-ingest");
+    if let Some(id) = &opts.group_instance_id {
+        config.set("group.instance.id", id);
+    }
     for (k, v) in &opts.kafka_config {
         config.set(k, v);
     }
@@ -130,17 +133,48 @@ pub(crate) fn connect(
     }
     let topics: Vec<&str> = opts.topics.iter().map(|t| t.topic.as_str()).collect();
     consumer.subscribe(&topics)?;
-    info!(brokers = %opts.brokers, group = %opts.group, ?topics, "subscribed");
+    info!(
+        brokers = %opts.brokers,
+        group = %opts.group,
+        group_instance_id = ?opts.group_instance_id,
+        ?topics,
+        "subscribed"
+    );
     Ok(consumer)
 }
 
-/// Errors from `recv` that mean "try again" rather than "stop".
+/// Errors from `recv` that mean "try again" rather than "stop". A fatal error leaves the
+/// client unusable (librdkafka's rule); with static membership it is how a process learns
+/// that another one took its `group.instance.id`.
 pub(crate) fn is_transient(e: &KafkaError) -> bool {
+    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+        return false;
+    }
     match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => false,
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::FencedInstanceId) => {
+            false
+        }
         Some(_) | None => !matches!(
             e,
             KafkaError::ClientCreation(_) | KafkaError::Subscription(_)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_and_fenced_errors_stop_ingest() {
+        assert!(!is_transient(&KafkaError::MessageConsumptionFatal(
+            RDKafkaErrorCode::Fatal
+        )));
+        assert!(!is_transient(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::FencedInstanceId
+        )));
+        assert!(is_transient(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
     }
 }

@@ -30,6 +30,11 @@ pub struct IngestOptions {
     pub connect_timeout: Duration,
     /// Extra librdkafka settings (`security.protocol`, `sasl.*`, ...).
     pub kafka_config: Vec<(String, String)>,
+    /// Static group membership (`group.instance.id`): a restarted process with the same id
+    /// takes its partitions back at once instead of waiting for the broker to expire its
+    /// old member. None (the default): dynamic membership. No two live processes may share
+    /// one; the broker fences the older, which then stops with an error.
+    pub group_instance_id: Option<String>,
 }
 
 impl IngestOptions {
@@ -67,6 +72,7 @@ impl Default for IngestOptions {
             dedupe_window: Self::DEFAULT_DEDUPE_WINDOW,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             kafka_config: vec![],
+            group_instance_id: None,
         }
     }
 }

@@ -254,6 +254,7 @@ impl Loop {
                     // reads them again from the offsets in the table.
                     self.parts
                         .retain(|p| !list.iter().any(|(t, n)| *t == p.topic && *n == p.partition));
+                    self.forget_lag(&list);
                 }
                 RebalanceEvent::Assigned(list) => self.init_partitions(tables, &list).await?,
             }
@@ -400,6 +401,21 @@ impl Loop {
         }
     }
 
+    /// Removes the lag series of partitions no longer ours: their new owner reports them, and
+    /// a stale value here would count their lag twice.
+    fn forget_lag(&self, list: &[(String, i32)]) {
+        for (topic, partition) in list {
+            // An error only says that no watermark was seen for it: nothing to remove.
+            let _ = self
+                .metrics
+                .lag
+                .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+        }
+    }
+
+    /// The Kafka offset lag of each partition: its high watermark (from librdkafka's
+    /// statistics) minus the next offset stored in its table, i.e. what a restart would read
+    /// again plus what is not consumed yet.
     fn update_lag(&self) {
         let Ok(marks) = self.consumer.context().high_watermarks.lock() else {
             return;

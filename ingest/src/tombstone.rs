@@ -160,17 +160,11 @@ fn occurred_at_us(payload: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_engine::StorageOptions;
 
     #[tokio::test]
     async fn dead_letters_about_a_purged_subject_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions {
-            url: dir.path().to_str().unwrap().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let storage = Storage::open_dir(dir.path()).await.unwrap();
         let key = GdprKey::from_bytes(b"test key");
         let requested = chrono::DateTime::parse_from_rfc3339("2026-10-10T00:00:00Z")
             .unwrap()

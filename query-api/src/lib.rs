@@ -1,7 +1,7 @@
 //! The HTTP API: SQL over HTTP, panels, health, metrics, OpenAPI and the dashboard page.
 //!
 //! ```text
-//! client --HTTP--> [ query-api: http (connection cap, header/body deadlines) -> observe -> json_errors
+//! client --HTTP--> [ query-api: http (connection cap, header/body deadlines) -> request_id -> observe -> json_errors
 //!                    -> authorize (route scope, bearer, token and peer rate limits) -> route ] --> engine: Catalog / Panels / ResultCache
 //!                   /v1/sql (streamed formats)   /v1/panels (JSON, ETag)   /v1/gdpr (durable requests)
 //!                   /metrics /healthz /readyz /v1/openapi.json   / (dashboard)
@@ -19,6 +19,7 @@ mod panels;
 pub mod routes;
 mod server;
 mod sql;
+mod tables;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde_json::json;
 use strata_engine::{Catalog, Panels, QueryLimits, ResultCache};
-use tracing::info;
+use tracing::{info, Instrument};
 
 pub use auth::{new_token, Auth, Scope, TokenEntry};
 pub use encode::Format;
@@ -172,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .route(routes::QUERY, delete(sql::delete_query))
         .route(routes::PANELS, get(panels::list))
         .route(routes::PANEL, get(panels::get))
+        .route(routes::TABLES, get(tables::list))
         .route(routes::GDPR_EXPORTS, axum::routing::post(gdpr::post_export))
         .route(routes::GDPR_PURGES, axum::routing::post(gdpr::post_purge))
         .route(routes::GDPR_REQUEST, get(gdpr::get_request))
@@ -187,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
 
@@ -217,6 +220,36 @@ async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The header a request id travels in, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Runs the request inside a `request` span carrying its `request_id`, so every log line of
+/// the request names it, and echoes the id in the `X-Request-Id` response header. The id is
+/// the client's `X-Request-Id` when that is a short token of safe characters (it goes into
+/// the logs as sent), else a new UUID.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_safe_request_id(v))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    resp
+}
+
+/// 1 to 64 characters of `[A-Za-z0-9._-]`: nothing that could forge a log line or a header.
+fn is_safe_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Latency by route and panel, errors by code, and one log line per request (never the SQL
 /// text or parameters: they can name a data subject).
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -242,15 +275,9 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let elapsed = started.elapsed();
     state
         .metrics
-        .requests
-        .with_label_values(&[route.as_str(), panel.as_str(), status.as_str()])
-        .observe(elapsed.as_secs_f64());
+        .observe_request(&route, &method, status, elapsed);
     if let Some(code) = resp.extensions().get::<error::ErrorCode>() {
-        state
-            .metrics
-            .errors
-            .with_label_values(&[route.as_str(), code.0])
-            .inc();
+        state.metrics.count_error(&route, code.0);
     }
     if route != routes::HEALTHZ && route != routes::METRICS {
         info!(
@@ -308,4 +335,20 @@ async fn openapi(State(state): State<AppState>) -> Response {
 
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("../static/index.html"))
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::is_safe_request_id;
+
+    #[test]
+    fn only_short_safe_tokens_are_taken_from_clients() {
+        for ok in ["abc", "req-42_x.1", "0123456789abcdef0123456789abcdef"] {
+            assert!(is_safe_request_id(ok), "{ok}");
+        }
+        let long = "a".repeat(65);
+        for bad in ["", "a b", "a\nb", "a\"b", "é", "x=1", long.as_str()] {
+            assert!(!is_safe_request_id(bad), "{bad}");
+        }
+    }
 }

@@ -40,6 +40,26 @@ fn panel_parameter(spec: &ParamSpec, panels: &Panels) -> Value {
     })
 }
 
+/// One table's entry of `/v1/tables` (`strata_engine::delta::stats::TableHealth`).
+fn table_health_schema() -> Value {
+    let int =
+        |description: &str| json!({ "type": "integer", "minimum": 0, "description": description });
+    json!({ "type": "object", "properties": {
+        "table": { "type": "string" },
+        "version": int("the table version checked"),
+        "files": int("data files of that version"),
+        "bytes": int("their bytes"),
+        "small_files": int("files under small_file_bytes_threshold"),
+        "small_file_bytes_threshold": int("bytes"),
+        "largest_partition": { "type": ["object", "null"], "description": "the partition with the most files",
+            "properties": { "partition": { "type": "string", "description": "column=value" }, "files": { "type": "integer" } } },
+        "checkpoint_version": { "type": ["integer", "null"], "description": "the latest checkpoint (null: none yet)" },
+        "commits_since_checkpoint": int("commits a reader replays after the checkpoint"),
+        "vacuum_files": int("data files in storage no longer referenced: removed and not deleted yet, or left by a killed writer"),
+        "vacuum_bytes": int("their bytes"),
+        "computed_at": { "type": "string", "format": "date-time" } } })
+}
+
 pub fn document(panels: &Panels) -> Value {
     let mut sql_responses = error_responses();
     sql_responses["200"] = json!({
@@ -57,6 +77,12 @@ pub fn document(panels: &Panels) -> Value {
     panel_responses["304"] =
         json!({ "description": "Not modified (If-None-Match matched the ETag)" });
     panel_responses["404"] = json!({ "description": "No such panel" });
+    let mut tables_responses = error_responses();
+    tables_responses["200"] = json!({ "description": "{small_file_bytes, tables}", "content": { "application/json": { "schema": {
+        "type": "object", "properties": {
+            "small_file_bytes": { "type": "integer", "description": "a data file under this size counts as small" },
+            "tables": { "type": "array", "items": { "$ref": "#/components/schemas/TableHealth" } } } } } } });
+    tables_responses["408"] = json!({ "description": "The check ran past the query time limit" });
     let names: Vec<&str> = panels.list().map(|p| p.name).collect();
     let mut panel_params = vec![
         json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "enum": names } }),
@@ -75,6 +101,7 @@ pub fn document(panels: &Panels) -> Value {
                     "subject": { "type": "string", "description": "the user id" },
                     "anonymous_ids": { "type": "array", "items": { "type": "string" } },
                     "session_ids": { "type": "array", "items": { "type": "string" } } } },
+                "TableHealth": table_health_schema(),
                 "Error": { "type": "object", "required": ["error", "code"],
                 "properties": { "error": { "type": "string" }, "code": { "type": "string" } } } }
         },
@@ -107,6 +134,8 @@ pub fn document(panels: &Panels) -> Value {
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "the file" }, "404": { "description": "no such export or file" } } } },
             "/v1/panels": { "get": { "summary": "Panels and their parameter schemas (scope panels)", "responses": { "200": { "description": "{panels: [...]}" } } } },
+            "/v1/tables": { "get": { "summary": "Health of every table, checked now (scope panels)",
+                "responses": tables_responses } },
             "/v1/panels/{name}": { "get": { "summary": "One panel (scope panels)",
                 "parameters": panel_params,
                 "responses": panel_responses } }
@@ -138,6 +167,10 @@ mod tests {
             );
         }
         assert_eq!(names.first(), Some(&"name"));
+        assert!(doc["paths"]["/v1/tables"]["get"]["responses"]["200"].is_object());
+        assert!(
+            doc["components"]["schemas"]["TableHealth"]["properties"]["vacuum_bytes"].is_object()
+        );
         assert_eq!(names.last(), Some(&"If-None-Match"));
         let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
         assert_eq!(limit["schema"]["type"], "integer");

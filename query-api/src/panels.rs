@@ -5,6 +5,8 @@
 //! one snapshot ([`strata_engine::PanelRequest::prepare`]): the ETag compared with
 //! `If-None-Match` is the one the answer carries.
 
+use std::time::Instant;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +16,7 @@ use strata_engine::{EngineError, PanelRequest, PanelResult, PreparedPanel};
 
 use crate::encode::rows_json;
 use crate::error::ApiError;
+use crate::metrics::Surface;
 use crate::AppState;
 
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -44,15 +47,16 @@ pub async fn get(
         prepared = Some(bound);
     }
     // A panel computation is a query: it takes one of the server's query slots.
+    let started = Instant::now();
     let _slot = state.admission.admit().await?;
     let result = tokio::time::timeout(limits.timeout, answer(&state, &request, prepared))
         .await
         .map_err(|_| ApiError::Timeout(format!("panel `{name}` ran past its time limit")))??;
-    if result.cached {
-        state.metrics.cache_hits.inc();
-    } else {
-        state.metrics.cache_misses.inc();
-    }
+    // The name is a known panel's (`request` resolved it): a bounded label value.
+    state
+        .metrics
+        .observe_query(Surface::Panel, request.panel.name, started.elapsed());
+    state.metrics.count_cache(Surface::Panel, result.cached);
     let mut resp = Json(body(&request, &result)?).into_response();
     let h = resp.headers_mut();
     h.insert(

@@ -11,6 +11,7 @@ pub const SQL: &str = "/v1/sql";
 pub const QUERY: &str = "/v1/queries/{id}";
 pub const PANELS: &str = "/v1/panels";
 pub const PANEL: &str = "/v1/panels/{name}";
+pub const TABLES: &str = "/v1/tables";
 pub const GDPR_EXPORTS: &str = "/v1/gdpr/exports";
 pub const GDPR_PURGES: &str = "/v1/gdpr/purges";
 pub const GDPR_REQUEST: &str = "/v1/gdpr/requests/{id}";
@@ -36,6 +37,9 @@ pub const ACCESS: &[(&str, Access)] = &[
     (QUERY, Access::Token(Scope::Sql)),
     (PANELS, Access::Token(Scope::Panels)),
     (PANEL, Access::Token(Scope::Panels)),
+    // Table health is metadata the dashboard shows (file counts and sizes, partition dates),
+    // never a row: the dashboard's token reads it, as it reads `strata_tables` in a panel.
+    (TABLES, Access::Token(Scope::Panels)),
     (GDPR_EXPORTS, Access::Token(Scope::Gdpr)),
     (GDPR_PURGES, Access::Token(Scope::Gdpr)),
     (GDPR_REQUEST, Access::Token(Scope::Gdpr)),
@@ -71,7 +75,7 @@ mod tests {
     #[test]
     fn every_route_has_its_access_in_the_table() {
         let routes = declared_routes();
-        assert_eq!(routes.len(), 13, "{routes:?}");
+        assert_eq!(routes.len(), 14, "{routes:?}");
         for route in &routes {
             assert!(
                 ACCESS.iter().any(|(path, _)| path == route),
@@ -86,6 +90,7 @@ mod tests {
         assert_eq!(access(Some(SQL)), Access::Token(Scope::Sql));
         assert_eq!(access(Some(QUERY)), Access::Token(Scope::Sql));
         assert_eq!(access(Some(PANEL)), Access::Token(Scope::Panels));
+        assert_eq!(access(Some(TABLES)), Access::Token(Scope::Panels));
         assert_eq!(access(Some(GDPR_EXPORT_FILE)), Access::Token(Scope::Gdpr));
         assert_eq!(access(Some(HEALTHZ)), Access::Public);
         assert_eq!(access(Some(METRICS)), Access::Public);

@@ -1,23 +1,35 @@
-//! The running server: the API on its listener, the rollups on a schedule, and the GDPR
-//! requests a previous process left unfinished resumed at start-up. `strata serve` and
-//! `strata demo` both run it.
+//! The running server: the API on its listener, the scheduled jobs (rollups, compaction,
+//! vacuum with checkpoints, retention) and table health checks, and the GDPR requests a
+//! previous process left unfinished resumed at start-up. `strata serve` and `strata demo` both
+//! run it.
 //!
 //! ```text
 //! ServerConfig --start--> tables ensured -> Catalog -> AppState -> bound listener
-//!              --run-->   resume GDPR requests; rollups every `rollup_every`; serve to shutdown
+//!              --run-->   resume GDPR requests; Scheduler; serve to shutdown
+//! Scheduler: per job with an interval, one task: at each slot, Lease::claim -> run_scheduled -> job_runs
+//!            (and the `strata_job_*` metrics of this server)
+//!            table health every `table_health_every` (this server's view, no lease; `strata_table_*`)
 //! ```
+//!
+//! Slots are cut from the wall clock (see [`strata_engine::lease`]), so that servers sharing a
+//! root agree on them: each slot of a job runs on one server, and one task per job means a
+//! server never runs one job twice at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use strata_engine::{Catalog, EngineError, ResultCache, RollupBuilder, Storage};
+use chrono::{DateTime, Utc};
+use strata_engine::lease::{Lease, LeaseHolder, Slot};
+use strata_engine::{
+    run_scheduled, Catalog, EngineError, MaintenanceOptions, ResultCache, ScheduledJob, Storage,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::{ApiError, ApiLimits, AppState, Auth};
+use crate::{ApiError, ApiLimits, ApiMetrics, AppState, Auth};
 
 /// What a server is started with besides its storage root and tokens. `Default` gives the
 /// documented defaults; each is declared once, as a `DEFAULT_*` constant below.
@@ -27,8 +39,20 @@ pub struct ServerConfig {
     pub listen: String,
     /// Memory for cached panel and SQL results, in bytes.
     pub cache_bytes: usize,
-    /// Time between scheduled rollup runs; `None`: never.
+    /// Length of a rollup slot (rollups run once per slot across the servers of a root);
+    /// `None`: never.
     pub rollup_every: Option<Duration>,
+    /// Length of a compaction slot; `None`: never.
+    pub compact_every: Option<Duration>,
+    /// Length of a vacuum slot (vacuum, checkpoint and log cleanup); `None`: never.
+    pub vacuum_every: Option<Duration>,
+    /// Length of a retention slot; `None`: never.
+    pub retention_every: Option<Duration>,
+    /// Time between this server's table health checks (what the `table_health` panel shows);
+    /// `None`: only when `/v1/tables` is asked.
+    pub table_health_every: Option<Duration>,
+    /// Options of compaction, vacuum and retention.
+    pub maintenance: MaintenanceOptions,
     pub limits: ApiLimits,
 }
 
@@ -37,9 +61,23 @@ impl ServerConfig {
     /// Memory for cached results, in MiB.
     pub const DEFAULT_CACHE_MB: usize = 256;
     pub const DEFAULT_ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
+    pub const DEFAULT_COMPACT_INTERVAL: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_VACUUM_INTERVAL: Duration = Duration::from_secs(60 * 60);
+    pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+    pub const DEFAULT_TABLE_HEALTH_INTERVAL: Duration = Duration::from_secs(60);
     /// Requests per second each token may make on average (the rate of the [`Auth`] a server
     /// is usually given).
     pub const DEFAULT_TOKEN_RATE_PER_SEC: f64 = 50.0;
+
+    /// The slot length of `job` (`None`: the job is not scheduled).
+    pub fn every(&self, job: ScheduledJob) -> Option<Duration> {
+        match job {
+            ScheduledJob::Rollups => self.rollup_every,
+            ScheduledJob::Compaction => self.compact_every,
+            ScheduledJob::Vacuum => self.vacuum_every,
+            ScheduledJob::Retention => self.retention_every,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -48,6 +86,11 @@ impl Default for ServerConfig {
             listen: Self::DEFAULT_LISTEN.into(),
             cache_bytes: Self::DEFAULT_CACHE_MB << 20,
             rollup_every: Some(Self::DEFAULT_ROLLUP_INTERVAL),
+            compact_every: Some(Self::DEFAULT_COMPACT_INTERVAL),
+            vacuum_every: Some(Self::DEFAULT_VACUUM_INTERVAL),
+            retention_every: Some(Self::DEFAULT_RETENTION_INTERVAL),
+            table_health_every: Some(Self::DEFAULT_TABLE_HEALTH_INTERVAL),
+            maintenance: MaintenanceOptions::default(),
             limits: ApiLimits::default(),
         }
     }
@@ -83,14 +126,14 @@ impl From<EngineError> for ServerError {
     }
 }
 
-/// The API with its scheduled rollups, bound and ready to [`run`](Server::run).
+/// The API with its scheduled jobs, bound and ready to [`run`](Server::run).
 pub struct Server {
     /// The address actually bound (the port is known here when 0 was asked for).
     pub addr: SocketAddr,
     pub catalog: Arc<Catalog>,
     listener: TcpListener,
     state: AppState,
-    rollup_every: Option<Duration>,
+    schedule: Schedule,
 }
 
 impl Server {
@@ -125,11 +168,11 @@ impl Server {
             catalog,
             listener,
             state,
-            rollup_every: config.rollup_every,
+            schedule: Schedule::of(config),
         })
     }
 
-    /// Resumes unfinished GDPR requests, starts the rollup schedule and serves until
+    /// Resumes unfinished GDPR requests, starts the scheduled jobs and serves until
     /// `shutdown` resolves.
     pub async fn run(
         self,
@@ -141,30 +184,179 @@ impl Server {
             Ok(n) => info!(requests = n, "resuming unfinished GDPR requests"),
             Err(e) => warn!(error = ?e, "could not look for unfinished GDPR requests"),
         }
-        let scheduler = self
-            .rollup_every
-            .map(|every| schedule_rollups(self.catalog.clone(), every));
+        let scheduler = Scheduler::start(
+            self.catalog.clone(),
+            &self.schedule,
+            self.state.metrics.clone(),
+        );
         let result = crate::serve(self.listener, self.state, shutdown).await;
-        if let Some(s) = scheduler {
-            s.abort();
-        }
+        scheduler.stop();
         result.map_err(ServerError::Serve)
     }
 }
 
-/// Brings the rollups up to date now and then every `every` after a run ends, until aborted.
-/// A failed run is logged and retried at the next tick.
-fn schedule_rollups(catalog: Arc<Catalog>, every: Duration) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match RollupBuilder::new(catalog.clone()).run().await {
-                Ok(reports) => {
-                    let days: usize = reports.iter().map(|r| r.dates.len()).sum();
-                    info!(days, "scheduled rollups done");
-                }
-                Err(e) => warn!(error = %e, "scheduled rollup failed"),
-            }
-            tokio::time::sleep(every).await;
+/// What a server schedules: each job with a slot length, and its own health checks.
+#[derive(Debug, Clone)]
+struct Schedule {
+    jobs: Vec<(ScheduledJob, Duration)>,
+    table_health_every: Option<Duration>,
+    maintenance: Arc<MaintenanceOptions>,
+}
+
+impl Schedule {
+    fn of(config: &ServerConfig) -> Self {
+        Self {
+            jobs: ScheduledJob::ALL
+                .into_iter()
+                .filter_map(|job| config.every(job).map(|every| (job, every)))
+                .collect(),
+            table_health_every: config.table_health_every,
+            maintenance: Arc::new(config.maintenance.clone()),
         }
-    })
+    }
+}
+
+/// The running tasks of a [`Schedule`]; [`stop`](Scheduler::stop) aborts them (a job stopped
+/// mid-run has committed all or nothing of each commit; its slot is not run again).
+struct Scheduler {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    fn start(catalog: Arc<Catalog>, schedule: &Schedule, metrics: Arc<ApiMetrics>) -> Self {
+        let holder = Arc::new(LeaseHolder::this_process());
+        info!(holder = %holder.id, jobs = schedule.jobs.len(), "scheduler started");
+        let mut tasks: Vec<JoinHandle<()>> = schedule
+            .jobs
+            .iter()
+            .map(|&(job, every)| {
+                tokio::spawn(run_job_slots(
+                    JobContext {
+                        catalog: catalog.clone(),
+                        holder: holder.clone(),
+                        maintenance: schedule.maintenance.clone(),
+                        metrics: metrics.clone(),
+                    },
+                    job,
+                    every,
+                ))
+            })
+            .collect();
+        if let Some(every) = schedule.table_health_every {
+            tasks.push(tokio::spawn(check_table_health(catalog, metrics, every)));
+        }
+        Self { tasks }
+    }
+
+    fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// How long after a slot starts its claim is made: the sleep ends inside the slot even when
+/// the wall clock and the timer disagree by a little.
+const SLOT_MARGIN: Duration = Duration::from_millis(20);
+
+/// What every job task of a server shares.
+struct JobContext {
+    catalog: Arc<Catalog>,
+    holder: Arc<LeaseHolder>,
+    maintenance: Arc<MaintenanceOptions>,
+    metrics: Arc<ApiMetrics>,
+}
+
+/// Runs `job` in every slot of length `every` whose lease this server claims, from the
+/// current slot on, until aborted. A slot missed while the previous run went on is skipped.
+/// A failed run is recorded in `job_runs`; a failed claim (storage unreachable) skips the slot.
+/// Both count in the job metrics; a slot another server holds does not.
+async fn run_job_slots(cx: JobContext, job: ScheduledJob, every: Duration) {
+    let JobContext {
+        catalog,
+        holder,
+        maintenance,
+        metrics,
+    } = cx;
+    let name = job.name();
+    loop {
+        match Lease::claim(catalog.storage(), &holder, name, every, Utc::now()).await {
+            Ok(Some(lease)) => {
+                let started = Instant::now();
+                let outcome = run_scheduled(&catalog, job, &maintenance, &lease).await;
+                metrics.jobs.record(job, outcome, started.elapsed());
+                info!(
+                    job = name,
+                    slot = lease.slot.number,
+                    runs = outcome.runs,
+                    failed = outcome.failed,
+                    "scheduled job done"
+                );
+            }
+            Ok(None) => debug!(job = name, "another server holds this slot"),
+            Err(e) => {
+                metrics.jobs.record_claim_failure(job);
+                warn!(job = name, error = %e, "claiming the slot failed; skipping it");
+            }
+        }
+        sleep_until(Slot::at(every, Utc::now()).next_start()).await;
+    }
+}
+
+async fn sleep_until(at: DateTime<Utc>) {
+    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + SLOT_MARGIN).await;
+}
+
+/// Checks the health of every table now and then every `every`, until aborted, so that the
+/// `strata_tables` view, the `table_health` panel and the `strata_table_*` metrics stay
+/// current on this server.
+async fn check_table_health(catalog: Arc<Catalog>, metrics: Arc<ApiMetrics>, every: Duration) {
+    loop {
+        match catalog.table_health().await {
+            Ok(health) => metrics.tables.record(&health),
+            Err(e) => warn!(error = %e, "table health check failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_has_its_interval_and_none_disables_it() {
+        let config = ServerConfig::default();
+        let schedule = Schedule::of(&config);
+        assert_eq!(
+            schedule.jobs,
+            vec![
+                (ScheduledJob::Rollups, ServerConfig::DEFAULT_ROLLUP_INTERVAL),
+                (
+                    ScheduledJob::Compaction,
+                    ServerConfig::DEFAULT_COMPACT_INTERVAL
+                ),
+                (ScheduledJob::Vacuum, ServerConfig::DEFAULT_VACUUM_INTERVAL),
+                (
+                    ScheduledJob::Retention,
+                    ServerConfig::DEFAULT_RETENTION_INTERVAL
+                ),
+            ]
+        );
+        let config = ServerConfig {
+            rollup_every: None,
+            vacuum_every: None,
+            ..ServerConfig::default()
+        };
+        let jobs: Vec<_> = Schedule::of(&config)
+            .jobs
+            .into_iter()
+            .map(|(j, _)| j)
+            .collect();
+        assert_eq!(
+            jobs,
+            vec![ScheduledJob::Compaction, ScheduledJob::Retention]
+        );
+    }
 }

@@ -28,6 +28,7 @@ use tracing::info;
 
 use crate::encode::{streamed_body, Chunk, Encoder, Format};
 use crate::error::ApiError;
+use crate::metrics::Surface;
 use crate::AppState;
 
 use answer::{BatchSource, CacheFill, Deadline, SqlAnswer};
@@ -197,17 +198,20 @@ async fn run(
         (Some(_), None) => "miss",
     };
     if let Some(hit) = cached {
-        state.metrics.cache_hits.inc();
+        state.metrics.count_cache(Surface::Sql, true);
         answer.answer_from_memory(&hit);
     } else {
         if key.is_some() {
-            state.metrics.cache_misses.inc();
+            state.metrics.count_cache(Surface::Sql, false);
         }
         let fill = key.map(|key| CacheFill::new(state.cache.clone(), key, schema));
         let mut source = BatchSource::start(planned.df, cancel, deadline).await?;
         let first = source.first(deadline).await?;
         tokio::spawn(answer.stream(source, first, fill));
     }
+    state
+        .metrics
+        .observe_query(Surface::Sql, "", started.elapsed());
     info!(
         query_id = %query_id,
         format = format.content_type(),

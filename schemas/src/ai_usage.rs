@@ -1,7 +1,7 @@
 use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
-use crate::kind::timestamp_type;
+use crate::kind::{envelope_wire_fields, WireField};
 
 /// Precision and scale of `cost_usd`: nano-dollars, up to a billion dollars per call.
 pub const COST_PRECISION: u8 = 18;
@@ -29,26 +29,27 @@ pub struct AiUsage {
     pub batch_id: Option<String>,
 }
 
-pub(crate) fn wire_fields() -> Vec<(&'static str, DataType, bool)> {
-    vec![
-        ("schema_version", DataType::Int32, true),
-        ("event_id", DataType::Utf8, true),
-        ("occurred_at", timestamp_type(), true),
-        ("user_id", DataType::Utf8, false),
-        ("session_id", DataType::Utf8, false),
-        ("feature", DataType::Utf8, true),
-        ("provider", DataType::Utf8, true),
-        ("model", DataType::Utf8, true),
-        ("input_tokens", DataType::Int64, true),
-        ("output_tokens", DataType::Int64, true),
-        (
-            "cost_usd",
-            DataType::Decimal128(COST_PRECISION, COST_SCALE),
-            true,
-        ),
-        ("status", DataType::Utf8, true),
-        ("latency_ms", DataType::Int64, false),
-        ("job_id", DataType::Utf8, false),
-        ("batch_id", DataType::Utf8, false),
-    ]
+/// In table order: the envelope, then the fields of this kind.
+pub(crate) fn wire_fields() -> Vec<WireField> {
+    envelope_wire_fields()
+        .into_iter()
+        .chain([
+            ("user_id", DataType::Utf8, false),
+            ("session_id", DataType::Utf8, false),
+            ("feature", DataType::Utf8, true),
+            ("provider", DataType::Utf8, true),
+            ("model", DataType::Utf8, true),
+            ("input_tokens", DataType::Int64, true),
+            ("output_tokens", DataType::Int64, true),
+            (
+                "cost_usd",
+                DataType::Decimal128(COST_PRECISION, COST_SCALE),
+                true,
+            ),
+            ("status", DataType::Utf8, true),
+            ("latency_ms", DataType::Int64, false),
+            ("job_id", DataType::Utf8, false),
+            ("batch_id", DataType::Utf8, false),
+        ])
+        .collect()
 }

@@ -1,7 +1,7 @@
 use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
-use crate::kind::timestamp_type;
+use crate::kind::{envelope_wire_fields, WireField};
 
 /// A click on a link of the platform (homepage module, marketplace listing, directory site,
 /// profile, ...). One Kafka message on topic `clicks`, key = subject id.
@@ -27,25 +27,25 @@ pub struct LinkClick {
     pub consent_marketing: Option<bool>,
 }
 
-/// (name, type, required) in table order.
-pub(crate) fn wire_fields() -> Vec<(&'static str, DataType, bool)> {
-    vec![
-        ("schema_version", DataType::Int32, true),
-        ("event_id", DataType::Utf8, true),
-        ("occurred_at", timestamp_type(), true),
-        ("user_id", DataType::Utf8, false),
-        ("anonymous_id", DataType::Utf8, false),
-        ("session_id", DataType::Utf8, false),
-        ("item_id", DataType::Utf8, true),
-        ("item_type", DataType::Utf8, true),
-        ("category", DataType::Utf8, false),
-        ("source", DataType::Utf8, true),
-        ("target_url", DataType::Utf8, true),
-        ("referrer", DataType::Utf8, false),
-        ("country", DataType::Utf8, false),
-        ("device", DataType::Utf8, false),
-        ("is_bot", DataType::Boolean, false),
-        ("consent_analytics", DataType::Boolean, false),
-        ("consent_marketing", DataType::Boolean, false),
-    ]
+/// In table order: the envelope, then the fields of this kind.
+pub(crate) fn wire_fields() -> Vec<WireField> {
+    envelope_wire_fields()
+        .into_iter()
+        .chain([
+            ("user_id", DataType::Utf8, false),
+            ("anonymous_id", DataType::Utf8, false),
+            ("session_id", DataType::Utf8, false),
+            ("item_id", DataType::Utf8, true),
+            ("item_type", DataType::Utf8, true),
+            ("category", DataType::Utf8, false),
+            ("source", DataType::Utf8, true),
+            ("target_url", DataType::Utf8, true),
+            ("referrer", DataType::Utf8, false),
+            ("country", DataType::Utf8, false),
+            ("device", DataType::Utf8, false),
+            ("is_bot", DataType::Boolean, false),
+            ("consent_analytics", DataType::Boolean, false),
+            ("consent_marketing", DataType::Boolean, false),
+        ])
+        .collect()
 }

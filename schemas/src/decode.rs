@@ -32,6 +32,26 @@ pub struct RawMessage<'a> {
     pub offset: i64,
 }
 
+impl<'a> RawMessage<'a> {
+    /// `payloads` as consecutive messages of one partition from `first_offset` on: how the
+    /// benches and tests feed the decoder without a broker.
+    pub fn sequence<P: AsRef<[u8]>>(
+        payloads: &'a [P],
+        partition: i32,
+        first_offset: i64,
+    ) -> Vec<Self> {
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawMessage {
+                payload: p.as_ref(),
+                partition,
+                offset: first_offset + i as i64,
+            })
+            .collect()
+    }
+}
+
 /// A message that did not become an event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reject {
@@ -284,15 +304,7 @@ mod tests {
     }
 
     fn decode(kind: EventKind, payloads: &[String]) -> Decoded {
-        let raw: Vec<_> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, p)| RawMessage {
-                payload: p.as_bytes(),
-                partition: 3,
-                offset: 100 + i as i64,
-            })
-            .collect();
+        let raw = RawMessage::sequence(payloads, 3, 100);
         EventDecoder::new(kind).decode(&raw, NOW).unwrap()
     }
 

@@ -69,15 +69,19 @@ impl EventKind {
         Self::ALL.into_iter().find(|k| k.table() == name)
     }
 
+    /// The kind's wire fields in table order: the envelope, then its own.
+    fn wire_fields(self) -> Vec<WireField> {
+        match self {
+            EventKind::LinkClick => click::wire_fields(),
+            EventKind::AiUsage => ai_usage::wire_fields(),
+        }
+    }
+
     /// What producers send: every field nullable, so a missing required field is reported
     /// by name by validation rather than as an opaque decoder error.
     pub fn wire_schema(self) -> SchemaRef {
-        let fields = match self {
-            EventKind::LinkClick => click::wire_fields(),
-            EventKind::AiUsage => ai_usage::wire_fields(),
-        };
         Arc::new(Schema::new(
-            fields
+            self.wire_fields()
                 .into_iter()
                 .map(|(name, dt, _)| Field::new(name, dt, true))
                 .collect::<Vec<_>>(),
@@ -86,11 +90,7 @@ impl EventKind {
 
     /// Names of the wire fields that must be present and non-null.
     pub fn required_fields(self) -> Vec<&'static str> {
-        let fields = match self {
-            EventKind::LinkClick => click::wire_fields(),
-            EventKind::AiUsage => ai_usage::wire_fields(),
-        };
-        fields
+        self.wire_fields()
             .into_iter()
             .filter(|(_, _, required)| *required)
             .map(|(name, _, _)| name)
@@ -100,11 +100,8 @@ impl EventKind {
     /// What lands in Delta: wire fields (required ones non-null), then `event_date`, then the
     /// lineage columns.
     pub fn table_schema(self) -> SchemaRef {
-        let fields = match self {
-            EventKind::LinkClick => click::wire_fields(),
-            EventKind::AiUsage => ai_usage::wire_fields(),
-        };
-        let mut out: Vec<Field> = fields
+        let mut out: Vec<Field> = self
+            .wire_fields()
             .into_iter()
             .map(|(name, dt, required)| {
                 // Booleans with a documented default are stored non-null.
@@ -118,6 +115,19 @@ impl EventKind {
         out.push(Field::new("ingested_at", timestamp_type(), false));
         Arc::new(Schema::new(out))
     }
+}
+
+/// One wire field: (name, type, required).
+pub(crate) type WireField = (&'static str, DataType, bool);
+
+/// The envelope every event opens with, the same for every kind (validation checks it): the
+/// schema version, the event id and when the event happened.
+pub(crate) fn envelope_wire_fields() -> [WireField; 3] {
+    [
+        ("schema_version", DataType::Int32, true),
+        ("event_id", DataType::Utf8, true),
+        ("occurred_at", timestamp_type(), true),
+    ]
 }
 
 /// Fields that producers may omit and that mean `false` when omitted.

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use strata_benches::{EndToEnd, IngestBench, QueryBench, DEFAULT_BENCH_EVENTS, DEFAULT_BENCH_ROOT};
-use strata_engine::{Storage, StorageOptions};
+use strata_benches::{
+    CompactBench, EndToEnd, IngestBench, QueryBench, DEFAULT_BENCH_EVENTS, DEFAULT_BENCH_ROOT,
+};
+use strata_engine::Storage;
 use strata_ingest::IngestOptions;
 
 #[derive(Subcommand, Debug)]
@@ -16,6 +18,27 @@ pub enum BenchCommand {
     Query(BenchQueryArgs),
     /// Time to purge one median subject, and the files and bytes rewritten.
     Purge(BenchPurgeArgs),
+    /// Query time over one partition of 1,000 small files, before and after compacting it.
+    Compact(BenchCompactArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCompactArgs {
+    /// Small files written into the partition (one ingest flush each).
+    #[arg(long, default_value_t = CompactBench::DEFAULT_FILES)]
+    pub files: usize,
+    /// Clicks per small file.
+    #[arg(long, default_value_t = CompactBench::DEFAULT_ROWS_PER_FILE)]
+    pub rows_per_file: usize,
+    /// Runs of the query before and after compacting (the p50 is taken over them).
+    #[arg(long, default_value_t = CompactBench::DEFAULT_ITERATIONS)]
+    pub iterations: usize,
+    /// Storage root for the run (default: a fresh temporary directory, removed after).
+    #[arg(long)]
+    pub storage_url: Option<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +157,19 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 std::fs::write(path, serde_json::to_vec_pretty(&results.to_json())?)?;
             }
         }
+        BenchCommand::Compact(a) => {
+            let bench = CompactBench {
+                files: a.files,
+                rows_per_file: a.rows_per_file,
+                iterations: a.iterations,
+                storage_url: a.storage_url,
+            };
+            let results = strata_benches::compact::run(&bench).await?;
+            print!("{results}");
+            if let Some(path) = &a.json_out {
+                std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
+            }
+        }
     }
     Ok(())
 }
@@ -141,11 +177,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 /// The root of a bench run, with `events` generated events written into it first when it has
 /// no `link_clicks` yet (the same as `strata gen --events N --storage-url URL`).
 async fn bench_root(label: &str, url: &str, events: u64) -> anyhow::Result<Storage> {
-    let storage = Storage::open(&StorageOptions {
-        url: url.to_string(),
-        ..Default::default()
-    })
-    .await?;
+    let storage = Storage::open_url(url).await?;
     if !storage
         .list_tables()
         .await?

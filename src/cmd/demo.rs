@@ -112,6 +112,7 @@ async fn start_server(storage: &Storage, args: &DemoArgs) -> anyhow::Result<(Ser
         rollup_every: (args.rollup_interval_secs > 0)
             .then(|| Duration::from_secs(args.rollup_interval_secs)),
         limits: ApiLimits::default(),
+        ..ServerConfig::default()
     };
     let auth = token_auth(&[line], ServerConfig::DEFAULT_TOKEN_RATE_PER_SEC)?;
     let server = Server::start(storage, &config, auth).await?;

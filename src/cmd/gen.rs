@@ -8,7 +8,7 @@ use strata_benches::kafka;
 use strata_fixtures::{GenOptions, Generator};
 use strata_schemas::EventKind;
 
-use crate::config::KafkaConfig;
+use crate::config::TopicConfig;
 use crate::progress::Progress;
 
 #[derive(Args, Debug)]
@@ -47,15 +47,7 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
     #[command(flatten)]
-    pub topics: TopicArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct TopicArgs {
-    #[arg(long, env = "STRATA_CLICK_TOPIC", default_value = EventKind::LinkClick.default_topic())]
-    pub click_topic: String,
-    #[arg(long, env = "STRATA_AI_USAGE_TOPIC", default_value = EventKind::AiUsage.default_topic())]
-    pub ai_usage_topic: String,
+    pub topics: TopicConfig,
 }
 
 impl GenArgs {
@@ -111,11 +103,7 @@ async fn write_to_storage(
     generator: &mut Generator,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
-    let storage = strata_engine::Storage::open(&strata_engine::StorageOptions {
-        url: url.to_string(),
-        ..Default::default()
-    })
-    .await?;
+    let storage = strata_engine::Storage::open_url(url).await?;
     let registry = prometheus::Registry::new();
     let metrics = strata_ingest::IngestMetrics::new(&registry)?;
     const CHUNK: usize = 500_000;
@@ -124,16 +112,7 @@ async fn write_to_storage(
         if chunk.is_empty() {
             break;
         }
-        let direct: Vec<strata_ingest::DirectMessage> = chunk
-            .iter()
-            .map(|m| {
-                (
-                    EventKind::from(m.kind),
-                    m.key.as_deref().map(str::as_bytes),
-                    m.payload.as_bytes(),
-                )
-            })
-            .collect();
+        let direct = strata_benches::ingest::direct_messages(&chunk);
         strata_ingest::ingest_direct(&storage, "gen", &direct, CHUNK, &metrics).await?;
         progress.inc(chunk.iter().filter(|m| !m.malformed && !m.retry).count() as u64);
     }
@@ -148,12 +127,7 @@ async fn produce_to_kafka(
     generator: &mut Generator,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
-    let topics = KafkaConfig {
-        brokers: brokers.to_string(),
-        click_topic: args.topics.click_topic.clone(),
-        ai_usage_topic: args.topics.ai_usage_topic.clone(),
-        kafka_options: vec![],
-    };
+    let topics = &args.topics;
     if args.create_topics {
         kafka::create_topics(
             brokers,

@@ -1,10 +1,10 @@
-use std::net::SocketAddr;
-
 use clap::Args;
 use strata_engine::Storage;
 use strata_ingest::{IngestMetrics, MetricsServer};
 
-use crate::config::{ingest_options, shutdown_signal, FlushConfig, KafkaConfig, StorageConfig};
+use crate::config::{
+    ingest_options, shutdown_signal, FlushConfig, KafkaConfig, MetricsConfig, StorageConfig,
+};
 
 #[derive(Args, Debug)]
 pub struct IngestArgs {
@@ -14,9 +14,8 @@ pub struct IngestArgs {
     pub storage: StorageConfig,
     #[command(flatten)]
     pub flush: FlushConfig,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
-    #[arg(long, env = "STRATA_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub metrics: MetricsConfig,
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
@@ -24,7 +23,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let storage = Storage::open(&args.storage.options()?).await?;
     let registry = prometheus::Registry::new();
     let metrics = IngestMetrics::new(&registry)?;
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = args.metrics.metrics_listen {
         MetricsServer::serve(addr, registry.clone()).await?;
     }
     let report = strata_ingest::run(opts, storage, metrics, shutdown_signal()).await?;

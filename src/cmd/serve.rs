@@ -4,7 +4,7 @@ use clap::Args;
 use strata_engine::Storage;
 use strata_query_api::Server;
 
-use crate::config::{shutdown_signal, ApiConfig, StorageConfig};
+use crate::config::{shutdown_signal, ApiConfig, RetentionConfig, StorageConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -12,17 +12,21 @@ pub struct ServeArgs {
     pub storage: StorageConfig,
     #[command(flatten)]
     pub api: ApiConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.api.server();
+    config.maintenance.retention = args.retention.policy()?;
     let storage = Storage::open(&args.storage.options()?).await?;
     let auth = args.api.auth()?;
     if auth.is_empty() {
         anyhow::bail!(
-            "no API tokens configured: make one with `strata token new --name me --scopes panels,sql` and pass its line with --token (or STRATA_TOKENS)"
+            "no API tokens configured: make one with `strata token new --name me --scopes panels,sql` and pass its line with --token (or STRATA_TOKENS, or tokens under [api] in the config file)"
         );
     }
-    let server = Server::start(&storage, &args.api.server(), auth).await?;
+    let server = Server::start(&storage, &config, auth).await?;
     eprintln!("strata serve: listening on http://{}", server.addr);
     server.run(shutdown_signal()).await?;
     Ok(())

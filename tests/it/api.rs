@@ -3,20 +3,15 @@
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array};
-use reqwest::header::{ACCEPT, AUTHORIZATION, ETAG, IF_NONE_MATCH};
+use reqwest::header::{ACCEPT, ETAG, IF_NONE_MATCH};
 
-use super::server::{client, json, seed_root, tokens, TestServer};
-use super::support::{run_ok, strata, test_dir};
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
+use super::server::{
+    assert_error, client, gen_into, json, rollup, seeded_test_root, send, tokens, TestServer,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panels_sql_formats_auth_and_cache() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 20_000);
+    let (_dir, root) = seeded_test_root(20_000);
     let t = tokens();
     let server = TestServer::start(&root, &t, &["--row-cap", "5000"]);
     let c = client();
@@ -37,34 +32,15 @@ async fn panels_sql_formats_auth_and_cache() {
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
     let (s, body) = json(r).await;
-    assert_eq!((s, body["code"].as_str()), (401, Some("unauthenticated")));
-    let r = c
-        .get(server.url("/v1/panels"))
-        .header(AUTHORIZATION, "Bearer wrong")
-        .send()
-        .await
-        .unwrap();
+    assert_error(s, &body, 401, "unauthenticated");
+    let r = server.get(&c, "/v1/panels", "wrong").await;
     assert_eq!(r.status(), 401);
-    let (s, body) = json(
-        c.get(server.url("/v1/sql?q=SELECT%201"))
-            .header(AUTHORIZATION, bearer(&t.panels))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((s, body["code"].as_str()), (403, Some("forbidden")));
+    let (s, body) = server.get_json(&c, "/v1/sql?q=SELECT%201", &t.panels).await;
+    assert_error(s, &body, 403, "forbidden");
     assert!(body["error"].as_str().unwrap().contains("`sql` scope"));
 
     // The panel list carries parameter schemas.
-    let (s, list) = json(
-        c.get(server.url("/v1/panels"))
-            .header(AUTHORIZATION, bearer(&t.panels))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, list) = server.get_json(&c, "/v1/panels", &t.panels).await;
     assert_eq!(s, 200);
     let panels = list["panels"].as_array().unwrap();
     assert!(panels.len() >= 10);
@@ -86,19 +62,12 @@ async fn panels_sql_formats_auth_and_cache() {
             .iter()
             .any(|x| x["name"] == "from")
             && name != "dead_letters_daily";
-        let url = if takes_range {
-            server.url(&format!("/v1/panels/{name}?{range}"))
+        let path = if takes_range {
+            format!("/v1/panels/{name}?{range}")
         } else {
-            server.url(&format!("/v1/panels/{name}"))
+            format!("/v1/panels/{name}")
         };
-        let (s, body) = json(
-            c.get(url)
-                .header(AUTHORIZATION, bearer(&t.panels))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (s, body) = server.get_json(&c, &path, &t.panels).await;
         assert_eq!(s, 200, "{name}: {body}");
         assert!(
             !body["rows"].as_array().unwrap().is_empty(),
@@ -114,13 +83,8 @@ async fn panels_sql_formats_auth_and_cache() {
         // Which statement answered (top_items: the daily top lists or the full items table).
         assert!(body["meta"]["fallback"].is_boolean(), "{name}: {body}");
     }
-    let overview_url = server.url(&format!("/v1/panels/overview?{range}"));
-    let r = c
-        .get(&overview_url)
-        .header(AUTHORIZATION, bearer(&t.panels))
-        .send()
-        .await
-        .unwrap();
+    let overview_path = format!("/v1/panels/overview?{range}");
+    let r = server.get(&c, &overview_path, &t.panels).await;
     let etag = r.headers()[ETAG].to_str().unwrap().to_string();
     let (_, overview) = json(r).await;
     assert_eq!(
@@ -131,34 +95,18 @@ async fn panels_sql_formats_auth_and_cache() {
     assert_eq!(overview["rows"][0]["clicks"], raw[0]["n"]);
 
     // If-None-Match with the current ETag: 304.
-    let r = c
-        .get(&overview_url)
-        .header(AUTHORIZATION, bearer(&t.panels))
-        .header(IF_NONE_MATCH, &etag)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 304);
+    let revalidate = server
+        .get_with(&c, &overview_path, &t.panels)
+        .header(IF_NONE_MATCH, &etag);
+    assert_eq!(send(revalidate).await.status(), 304);
 
     // Bad parameters and unknown panels: 4xx that say what to fix.
-    let (s, body) = json(
-        c.get(server.url("/v1/panels/overview?from=yesterday"))
-            .header(AUTHORIZATION, bearer(&t.panels))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((s, body["code"].as_str()), (400, Some("bad_parameter")));
+    let (s, body) = server
+        .get_json(&c, "/v1/panels/overview?from=yesterday", &t.panels)
+        .await;
+    assert_error(s, &body, 400, "bad_parameter");
     assert!(body["error"].as_str().unwrap().contains("YYYY-MM-DD"));
-    let (s, _) = json(
-        c.get(server.url("/v1/panels/nope"))
-            .header(AUTHORIZATION, bearer(&t.panels))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = server.get_json(&c, "/v1/panels/nope", &t.panels).await;
     assert_eq!(s, 404);
 
     // SQL formats, by parameter and by Accept.
@@ -166,24 +114,15 @@ async fn panels_sql_formats_auth_and_cache() {
         "SELECT event_date, count(*) AS n FROM link_clicks GROUP BY event_date ORDER BY event_date";
     let days = sql_json(&c, &server, &t.sql, q).await;
     assert_eq!(days.len(), 30);
-    let r = c
-        .post(server.url("/v1/sql?format=jsonl"))
-        .header(AUTHORIZATION, bearer(&t.sql))
-        .body(q)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(&c, "/v1/sql?format=jsonl", &t.sql, q).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("x-strata-query-id"));
     assert_eq!(r.text().await.unwrap().lines().count(), 30);
-    let r = c
-        .post(server.url("/v1/sql"))
-        .header(AUTHORIZATION, bearer(&t.sql))
+    let as_csv = server
+        .post_with(&c, "/v1/sql", &t.sql)
         .header(ACCEPT, "text/csv")
-        .body(q)
-        .send()
-        .await
-        .unwrap();
+        .body(q);
+    let r = send(as_csv).await;
     assert!(r.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -191,28 +130,18 @@ async fn panels_sql_formats_auth_and_cache() {
     let csv = r.text().await.unwrap();
     assert_eq!(csv.lines().next(), Some("event_date,n"));
     assert_eq!(csv.lines().count(), 31);
-    let r = c
-        .post(server.url("/v1/sql?format=arrow"))
-        .header(AUTHORIZATION, bearer(&t.sql))
-        .body(q)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(&c, "/v1/sql?format=arrow", &t.sql, q).await;
     let bytes = r.bytes().await.unwrap();
     let reader =
         arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
             .unwrap();
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 30);
-    let r = c
-        .post(server.url("/v1/sql"))
-        .header(AUTHORIZATION, bearer(&t.sql))
+    let as_parquet = server
+        .post_with(&c, "/v1/sql", &t.sql)
         .header(ACCEPT, "application/vnd.apache.parquet")
-        .body(q)
-        .send()
-        .await
-        .unwrap();
-    let bytes = r.bytes().await.unwrap();
+        .body(q);
+    let bytes = send(as_parquet).await.bytes().await.unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
         .unwrap()
         .build()
@@ -226,50 +155,32 @@ async fn panels_sql_formats_auth_and_cache() {
     let all = sql_json(&c, &server, &t.sql, "SELECT count(*) AS n FROM link_clicks").await;
     assert_eq!(serde_json::Value::from(total), all[0]["n"]);
     // JSON body form.
-    let r = c
-        .post(server.url("/v1/sql"))
-        .header(AUTHORIZATION, bearer(&t.sql))
+    let json_body = server
+        .post_with(&c, "/v1/sql", &t.sql)
         .header("content-type", "application/json")
-        .body(r#"{"sql": "SELECT 41 + 1 AS answer", "format": "json"}"#)
-        .send()
-        .await
-        .unwrap();
-    let (_, v) = json(r).await;
+        .body(r#"{"sql": "SELECT 41 + 1 AS answer", "format": "json"}"#);
+    let (_, v) = json(send(json_body).await).await;
     assert_eq!(v[0]["answer"], 42);
 
     // The row cap cuts big results.
-    let r = c
-        .get(server.url("/v1/sql?format=jsonl&q=SELECT%20event_id%20FROM%20link_clicks"))
-        .header(AUTHORIZATION, bearer(&t.sql))
-        .send()
-        .await
-        .unwrap();
+    let r = server
+        .get(
+            &c,
+            "/v1/sql?format=jsonl&q=SELECT%20event_id%20FROM%20link_clicks",
+            &t.sql,
+        )
+        .await;
     assert_eq!(r.headers()["x-strata-row-cap"], "5000");
     assert_eq!(r.text().await.unwrap().lines().count(), 5000);
 
     // A new commit invalidates: new events and a rollup change the overview and its ETag.
     let before = overview["rows"][0]["clicks"].as_i64().unwrap();
-    run_ok(strata().args([
-        "gen",
-        "--seed",
-        "8",
-        "--events",
-        "2000",
-        "--end-date",
-        "2026-11-01",
-        "--days",
-        "10",
-        "--storage-url",
-        root.to_str().unwrap(),
-    ]));
-    run_ok(strata().args(["rollup", "--storage-url", root.to_str().unwrap()]));
-    let r = c
-        .get(&overview_url)
-        .header(AUTHORIZATION, bearer(&t.panels))
-        .header(IF_NONE_MATCH, &etag)
-        .send()
-        .await
-        .unwrap();
+    gen_into(&root, 8, 2000, &["--days", "10"]);
+    rollup(&root);
+    let revalidate = server
+        .get_with(&c, &overview_path, &t.panels)
+        .header(IF_NONE_MATCH, &etag);
+    let r = send(revalidate).await;
     assert_eq!(r.status(), 200, "a stale ETag must not give 304");
     assert_ne!(r.headers()[ETAG].to_str().unwrap(), etag);
     let (_, after) = json(r).await;
@@ -277,15 +188,11 @@ async fn panels_sql_formats_auth_and_cache() {
     assert!(after["rows"][0]["clicks"].as_i64().unwrap() > before);
 
     // Metrics count requests by route and panel, and cache hits.
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.contains("strata_http_request_duration_seconds_count{panel=\"overview\",route=\"/v1/panels/{name}\",status=\"200\"}"));
+    let text = server.metrics(&c).await;
+    assert!(text.contains("strata_http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/v1/panels/{name}\"}"));
+    assert!(
+        text.contains("strata_query_duration_seconds_count{panel=\"overview\",surface=\"panel\"}")
+    );
     assert!(text.contains("strata_cache_hits_total"));
     assert!(text.contains("strata_query_errors_total{code=\"forbidden\""));
 
@@ -301,23 +208,14 @@ async fn sql_json(
     token: &str,
     q: &str,
 ) -> Vec<serde_json::Value> {
-    let r = c
-        .post(server.url("/v1/sql"))
-        .header(AUTHORIZATION, bearer(token))
-        .body(q.to_string())
-        .send()
-        .await
-        .unwrap();
-    let (s, v) = json(r).await;
+    let (s, v) = server.post_json(c, "/v1/sql", token, q.to_string()).await;
     assert_eq!(s, 200, "{q}: {v}");
     v.as_array().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_statements_limits_cancellation_and_rate_limits() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 2_000);
+    let (dir, root) = seeded_test_root(2_000);
     let t = tokens();
     let c = client();
     let server = TestServer::start(
@@ -325,12 +223,7 @@ async fn refused_statements_limits_cancellation_and_rate_limits() {
         &t,
         &["--query-memory-mb", "16", "--query-timeout-secs", "60"],
     );
-    let post = |q: &str| {
-        c.post(server.url("/v1/sql"))
-            .header(AUTHORIZATION, bearer(&t.sql))
-            .body(q.to_string())
-            .send()
-    };
+    let post = |q: &str| server.post_json(&c, "/v1/sql", &t.sql, q.to_string());
     // Each attack is a 400 with a message, and nothing reaches the filesystem.
     let escape = dir.path().join("escape.csv");
     let attacks = [
@@ -351,7 +244,7 @@ async fn refused_statements_limits_cancellation_and_rate_limits() {
         format!("EXPLAIN COPY (SELECT 1) TO '{}'", escape.display()),
     ];
     for a in &attacks {
-        let (s, body) = json(post(a).await.unwrap()).await;
+        let (s, body) = post(a).await;
         assert_eq!(s, 400, "{a}: {body}");
         let code = body["code"].as_str().unwrap();
         assert!(
@@ -361,93 +254,57 @@ async fn refused_statements_limits_cancellation_and_rate_limits() {
         assert!(!body["error"].as_str().unwrap().is_empty());
     }
     assert!(!escape.exists(), "COPY wrote a file");
-    let (s, body) = json(post("SELEC 1").await.unwrap()).await;
-    assert_eq!((s, body["code"].as_str()), (400, Some("bad_sql")));
-    let (s, body) = json(post("SELECT nope FROM link_clicks").await.unwrap()).await;
+    let (s, body) = post("SELEC 1").await;
+    assert_error(s, &body, 400, "bad_sql");
+    let (s, body) = post("SELECT nope FROM link_clicks").await;
     assert_eq!(s, 400);
     assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
 
     // Memory limit: a big sort fails cleanly with 422.
-    let (s, body) = json(
-        post("SELECT * FROM generate_series(1, 20000000) AS t(v) ORDER BY v DESC")
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (s, body["code"].as_str()),
-        (422, Some("limit_exceeded")),
-        "{body}"
-    );
+    let (s, body) =
+        post("SELECT * FROM generate_series(1, 20000000) AS t(v) ORDER BY v DESC").await;
+    assert_error(s, &body, 422, "limit_exceeded");
 
     // Cancellation by id: the running query ends as cancelled.
     let slow = "SELECT count(*) FROM generate_series(1, 100000000000) AS t(v) WHERE v % 7 = 3";
     let running = {
-        let req = c
-            .post(server.url("/v1/sql"))
-            .header(AUTHORIZATION, bearer(&t.sql))
+        let req = server
+            .post_with(&c, "/v1/sql", &t.sql)
             .header("x-strata-query-id", "slow-1")
             .body(slow);
         tokio::spawn(async move { json(req.send().await.unwrap()).await })
     };
-    let metrics = || async {
-        c.get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let mut waited = 0;
-    while !metrics().await.contains("strata_queries_running 1") {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(waited < 600, "the slow query never showed as running");
-    }
-    let r = c
-        .delete(server.url("/v1/queries/slow-1"))
-        .header(AUTHORIZATION, bearer(&t.sql))
-        .send()
-        .await
-        .unwrap();
+    let every = Duration::from_millis(50);
+    let running_1 = "strata_queries_running 1";
+    server
+        .await_metric(
+            &c,
+            running_1,
+            every,
+            600,
+            "the slow query never showed as running",
+        )
+        .await;
+    let r = server.delete(&c, "/v1/queries/slow-1", &t.sql).await;
     assert_eq!(r.status(), 204);
     let (s, body) = running.await.unwrap();
-    assert_eq!((s, body["code"].as_str()), (400, Some("cancelled")));
-    let r = c
-        .delete(server.url("/v1/queries/slow-1"))
-        .header(AUTHORIZATION, bearer(&t.sql))
-        .send()
-        .await
-        .unwrap();
+    assert_error(s, &body, 400, "cancelled");
+    let r = server.delete(&c, "/v1/queries/slow-1", &t.sql).await;
     assert_eq!(r.status(), 404);
 
     // Cancellation by hanging up: the query stops running.
-    let req = c
-        .post(server.url("/v1/sql"))
-        .header(AUTHORIZATION, bearer(&t.sql))
+    let req = server
+        .post_with(&c, "/v1/sql", &t.sql)
         .header("x-strata-query-id", "slow-2")
         .body(slow);
     let hung = tokio::spawn(async move { req.send().await });
-    let mut waited = 0;
-    while !metrics().await.contains("strata_queries_running 1") {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(
-            waited < 600,
-            "the second slow query never showed as running"
-        );
-    }
+    let what = "the second slow query never showed as running";
+    server.await_metric(&c, running_1, every, 600, what).await;
     hung.abort();
-    let mut waited = 0;
-    while !metrics().await.contains("strata_queries_running 0") {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(
-            waited < 600,
-            "the query kept running after the client hung up"
-        );
-    }
+    let what = "the query kept running after the client hung up";
+    server
+        .await_metric(&c, "strata_queries_running 0", every, 600, what)
+        .await;
     drop(server);
 
     // Timeout: a short limit gives 408.
@@ -456,29 +313,13 @@ async fn refused_statements_limits_cancellation_and_rate_limits() {
         &t,
         &["--query-timeout-secs", "1", "--rate-limit", "1"],
     );
-    let r = c
-        .post(server.url("/v1/sql"))
-        .header(AUTHORIZATION, bearer(&t.admin))
-        .body(slow)
-        .send()
-        .await
-        .unwrap();
-    let (s, body) = json(r).await;
-    assert_eq!(
-        (s, body["code"].as_str()),
-        (408, Some("query_timeout")),
-        "{body}"
-    );
+    let (s, body) = server.post_json(&c, "/v1/sql", &t.admin, slow).await;
+    assert_error(s, &body, 408, "query_timeout");
 
     // Rate limit: one request per second with a burst of 4; the admin token is already one down.
     let mut limited = None;
     for _ in 0..10 {
-        let r = c
-            .get(server.url("/v1/panels"))
-            .header(AUTHORIZATION, bearer(&t.admin))
-            .send()
-            .await
-            .unwrap();
+        let r = server.get(&c, "/v1/panels", &t.admin).await;
         if r.status() == 429 {
             limited = Some(r);
             break;
@@ -492,11 +333,6 @@ async fn refused_statements_limits_cancellation_and_rate_limits() {
         .unwrap();
     assert!(retry >= 1);
     // Another token has its own bucket.
-    let r = c
-        .get(server.url("/v1/panels"))
-        .header(AUTHORIZATION, bearer(&t.panels))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get(&c, "/v1/panels", &t.panels).await;
     assert_eq!(r.status(), 200);
 }

@@ -5,15 +5,9 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use reqwest::header::AUTHORIZATION;
 use serde_json::Value;
 
-use super::server::{client, json, seed_root, tokens, TestServer, Tokens};
-use super::support::{run_ok, strata, test_dir};
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
+use super::server::{client, gen_into, json, seeded_test_root, send, tokens, TestServer, Tokens};
 
 async fn healthy(_c: &reqwest::Client, server: &TestServer) {
     // A fresh connection: the one an oversized request used may have been closed by the
@@ -32,13 +26,7 @@ async fn post_sql(
     token: &str,
     q: &str,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
-    let r = c
-        .post(server.url("/v1/sql"))
-        .header(AUTHORIZATION, bearer(token))
-        .body(q.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(c, "/v1/sql", token, q.to_string()).await;
     let headers = r.headers().clone();
     let (s, v) = json(r).await;
     (s, v, headers)
@@ -81,22 +69,13 @@ fn leaked<'a>(body: &str, secrets: &'a BTreeSet<String>) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panels_token_cannot_read_raw_rows_through_any_parameter() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 3_000);
+    let (_dir, root) = seeded_test_root(3_000);
     let t = tokens();
     let server = TestServer::start(&root, &t, &["--rate-limit", "100000"]);
     let c = client();
     let secrets = secrets(&c, &server, &t).await;
 
-    let (s, list) = json(
-        c.get(server.url("/v1/panels"))
-            .header(AUTHORIZATION, bearer(&t.panels))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, list) = server.get_json(&c, "/v1/panels", &t.panels).await;
     assert_eq!(s, 200);
     let panels = list["panels"].as_array().unwrap().clone();
     assert!(panels.len() >= 10);
@@ -132,15 +111,9 @@ async fn a_panels_token_cannot_read_raw_rows_through_any_parameter() {
             .into_iter()
             .filter(|(k, _)| params.iter().any(|(p, _)| p == k))
             .collect();
-        let (s, benign) = json(
-            c.get(server.url(&format!("/v1/panels/{name}")))
-                .query(&period)
-                .header(AUTHORIZATION, bearer(&t.panels))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let path = format!("/v1/panels/{name}");
+        let benign_req = server.get_with(&c, &path, &t.panels).query(&period);
+        let (s, benign) = json(send(benign_req).await).await;
         assert_eq!(s, 200, "{name}: {benign}");
         for (param, kind) in &params {
             // Text parameters get every payload; the others too (they must be refused).
@@ -148,9 +121,7 @@ async fn a_panels_token_cannot_read_raw_rows_through_any_parameter() {
                 // One parameter, and the payload in every parameter at once (so that a value
                 // holding another placeholder's name meets that placeholder's value).
                 for all in [false, true] {
-                    let mut req = c
-                        .get(server.url(&format!("/v1/panels/{name}")))
-                        .header(AUTHORIZATION, bearer(&t.panels));
+                    let mut req = server.get_with(&c, &path, &t.panels);
                     let pairs: Vec<(&str, &str)> = if all {
                         params
                             .iter()
@@ -194,22 +165,13 @@ async fn a_panels_token_cannot_read_raw_rows_through_any_parameter() {
     assert!(tried > 100, "only {tried} attempts");
     healthy(&c, &server).await;
     // The metrics name panels only by known names.
-    let metrics = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(&c).await;
     assert!(!metrics.contains("UNION"), "a payload became a label");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_statement_takes_the_server_down_and_user_errors_are_400() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 2_000);
+    let (_dir, root) = seeded_test_root(2_000);
     let t = tokens();
     let server = TestServer::start(&root, &t, &["--rate-limit", "100000"]);
     let c = client();
@@ -223,13 +185,7 @@ async fn no_statement_takes_the_server_down_and_user_errors_are_400() {
     let nested = format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000));
     let unions = vec!["SELECT 1"; 20_000].join(" UNION ALL ");
     for big in [chain(" OR ", 60_000), plus, nested, unions] {
-        let r = c
-            .post(server.url("/v1/sql"))
-            .header(AUTHORIZATION, bearer(&t.sql))
-            .body(big.clone())
-            .send()
-            .await
-            .unwrap();
+        let r = server.post(&c, "/v1/sql", &t.sql, big.clone()).await;
         let status = r.status().as_u16();
         let (_, v) = json(r).await;
         assert!(status == 422 || status == 413, "{status}: {v}");
@@ -318,13 +274,7 @@ async fn no_statement_takes_the_server_down_and_user_errors_are_400() {
         "EXPLAIN VERBOSE SELECT count(*) FROM ai_usage",
         "EXPLAIN ANALYZE SELECT count(*) FROM link_clicks",
     ] {
-        let r = c
-            .post(server.url("/v1/sql?format=csv"))
-            .header(AUTHORIZATION, bearer(&t.sql))
-            .body(q)
-            .send()
-            .await
-            .unwrap();
+        let r = server.post(&c, "/v1/sql?format=csv", &t.sql, q).await;
         assert_eq!(r.status(), 200, "{q}");
         let text = r.text().await.unwrap();
         named_a_file |= text.contains("tables/link_clicks/") || text.contains("tables/ai_usage/");
@@ -340,9 +290,7 @@ async fn no_statement_takes_the_server_down_and_user_errors_are_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_serves_only_what_cannot_change() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 2_000);
+    let (_dir, root) = seeded_test_root(2_000);
     let t = tokens();
     // The test server reads with `--refresh-ms 0`: every request looks for new commits.
     let server = TestServer::start(&root, &t, &[]);
@@ -378,17 +326,7 @@ async fn the_cache_serves_only_what_cannot_change() {
     assert_eq!((cache(&h2).as_str(), &again), ("hit", &before));
     let versions = h2["x-strata-table-versions"].to_str().unwrap().to_string();
     assert!(versions.starts_with("link_clicks@"), "{versions}");
-    run_ok(strata().args([
-        "gen",
-        "--seed",
-        "8",
-        "--events",
-        "500",
-        "--end-date",
-        "2026-11-01",
-        "--storage-url",
-        root.to_str().unwrap(),
-    ]));
+    gen_into(&root, 8, 500, &[]);
     let (_, after, h3) = post_sql(&c, &server, &t.sql, q).await;
     assert_eq!(cache(&h3), "miss", "a new version is a new key");
     assert!(after[0]["n"].as_u64() > before[0]["n"].as_u64());
@@ -397,9 +335,7 @@ async fn the_cache_serves_only_what_cannot_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_and_a_slow_reader_are_bounded() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 2_000);
+    let (_dir, root) = seeded_test_root(2_000);
     let t = tokens();
     let server = TestServer::start(
         &root,
@@ -421,10 +357,7 @@ async fn a_burst_and_a_slow_reader_are_bounded() {
     let slow = "SELECT count(*) AS n FROM generate_series(1, 3000000000) AS t(v) WHERE v % 7 = 3";
     let mut burst = Vec::new();
     for _ in 0..16 {
-        let req = c
-            .post(server.url("/v1/sql"))
-            .header(AUTHORIZATION, bearer(&t.sql))
-            .body(slow);
+        let req = server.post_with(&c, "/v1/sql", &t.sql).body(slow);
         burst.push(tokio::spawn(async move {
             let r = req.send().await.unwrap();
             let retry = r.headers().get("retry-after").is_some();
@@ -471,25 +404,15 @@ async fn a_burst_and_a_slow_reader_are_bounded() {
     let n = stream.read(&mut head).unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
     // ... and now the client reads nothing more.
-    let metrics = || async {
-        c.get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    assert!(metrics().await.contains("strata_queries_running 1"));
-    let mut waited = 0;
-    while !metrics().await.contains("strata_queries_running 0") {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-        assert!(
-            waited < 150,
-            "the unread query still holds its slot 15 s after a 4 s limit"
-        );
-    }
+    assert!(server
+        .metrics(&c)
+        .await
+        .contains("strata_queries_running 1"));
+    let what = "the unread query still holds its slot 15 s after a 4 s limit";
+    let every = Duration::from_millis(100);
+    server
+        .await_metric(&c, "strata_queries_running 0", every, 150, what)
+        .await;
     // Both slots are free again: two queries run at once.
     let q = "SELECT count(*) AS n FROM link_clicks";
     let (a, b) = tokio::join!(

@@ -1,40 +1,34 @@
 //! The generator file output and `strata sql` formats, without a broker.
 
+use std::path::Path;
+
 use crate::support::*;
+
+/// `strata gen` of 3,000 events (seed 5) into the file `out`: the summary it prints.
+fn gen_file(out: &Path) -> String {
+    run_ok(
+        strata()
+            .args([
+                "gen",
+                "--seed",
+                "5",
+                "--events",
+                "3000",
+                "--end-date",
+                "2026-11-01",
+                "--out",
+            ])
+            .arg(out),
+    )
+}
 
 #[test]
 fn gen_file_is_reproducible_and_counts_add_up() {
     let dir = test_dir();
     let a = dir.path().join("a.jsonl");
     let b = dir.path().join("b.jsonl");
-    let sa = run_ok(
-        strata()
-            .args([
-                "gen",
-                "--seed",
-                "5",
-                "--events",
-                "3000",
-                "--end-date",
-                "2026-11-01",
-                "--out",
-            ])
-            .arg(&a),
-    );
-    let sb = run_ok(
-        strata()
-            .args([
-                "gen",
-                "--seed",
-                "5",
-                "--events",
-                "3000",
-                "--end-date",
-                "2026-11-01",
-                "--out",
-            ])
-            .arg(&b),
-    );
+    let sa = gen_file(&a);
+    let sb = gen_file(&b);
     assert_eq!(sa, sb);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let summary: serde_json::Value = serde_json::from_str(sa.trim()).unwrap();

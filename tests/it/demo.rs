@@ -6,9 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use reqwest::header::AUTHORIZATION;
 
-use super::server::{client, json};
+use super::server::{client, get_as, json};
 use super::support::{run_ok, spawn, strata, test_dir, wait_for};
 
 fn chromium() -> PathBuf {
@@ -74,12 +73,7 @@ async fn demo_ingests_serves_the_dashboard_and_stops_cleanly() {
     let (base, token) = (base.to_string(), token.to_string());
     let c = client();
     let overview = || async {
-        let r = c
-            .get(format!("{base}/v1/panels/overview"))
-            .header(AUTHORIZATION, format!("Bearer {token}"))
-            .send()
-            .await
-            .unwrap();
+        let r = get_as(&c, format!("{base}/v1/panels/overview"), &token).await;
         let (s, v) = json(r).await;
         assert_eq!(s, 200, "{v}");
         v["rows"][0]["clicks"].as_i64().unwrap_or(0)
@@ -107,12 +101,7 @@ async fn demo_ingests_serves_the_dashboard_and_stops_cleanly() {
     for name in ["dead_letters_daily", "rollup_runs", "ai_usage"] {
         let mut rows = 0;
         for _ in 0..600 {
-            let r = c
-                .get(format!("{base}/v1/panels/{name}"))
-                .header(AUTHORIZATION, format!("Bearer {token}"))
-                .send()
-                .await
-                .unwrap();
+            let r = get_as(&c, format!("{base}/v1/panels/{name}"), &token).await;
             rows = json(r).await.1["rows"].as_array().map_or(0, |r| r.len());
             if rows > 0 {
                 break;

@@ -5,30 +5,22 @@ use std::time::Duration;
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use reqwest::header::AUTHORIZATION;
 use serde_json::Value;
 
-use super::server::{client, json, seed_root, tokens, TestServer, Tokens};
-use super::support::{int, python, run_ok, spawn, sql, strata, test_dir, wait_for, Tansu};
-
-fn count(storage: &[String], q: &str) -> u64 {
-    int(&sql(storage, q)[0], "n")
-}
-
-/// Dead letters about `subject`: keyed by them, or naming them in the raw payload.
-pub(super) fn dead_letters_of(subject: &str) -> String {
-    format!("SELECT count(*) AS n FROM dead_letters WHERE key = '{subject}' OR regexp_like(payload, '(^|[^A-Za-z0-9_-]){subject}([^A-Za-z0-9_-]|$)')")
-}
+use super::gdpr_support::{
+    click, copy_dir, dead_letters_of, gdpr_scan, purge_cli, rows_of, wait_done,
+};
+use super::server::{
+    assert_error, client, json, seed_root_with, seeded_test_root, send, tokens, TestServer, Tokens,
+};
+use super::support::{
+    count, int, local_storage, run_ok, spawn, sql, strata, test_dir, wait_for, Tansu,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    seed_root(&root, 20_000);
-    let storage = vec![
-        "--storage-url".to_string(),
-        root.to_str().unwrap().to_string(),
-    ];
+    let (dir, root) = seeded_test_root(20_000);
+    let storage = local_storage(&root);
     // A typical subject (a few clicks and AI calls), and another one for a bystander export.
     let pick = sql(
         &storage,
@@ -36,14 +28,9 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
     );
     let subject = pick[0]["u"].as_str().unwrap().to_string();
     let other = pick[1]["u"].as_str().unwrap().to_string();
-    let q = |t: &str| format!("SELECT count(*) AS n FROM {t} WHERE user_id = '{subject}'");
-    let (clicks_of, ai_of) = (
-        count(&storage, &q("link_clicks")),
-        count(&storage, &q("ai_usage")),
-    );
+    // With the dead letters about them: keyed by them, or naming them in the raw payload.
+    let [clicks_of, ai_of, dead_of] = rows_of(&storage, &subject);
     assert!(clicks_of > 0 && ai_of > 0);
-    // Dead letters about them: keyed by them, or naming them in the raw payload.
-    let dead_of = count(&storage, &dead_letters_of(&subject));
     let total = |t: &str| count(&storage, &format!("SELECT count(*) AS n FROM {t}"));
     let (clicks_before, ai_before) = (total("link_clicks"), total("ai_usage"));
 
@@ -72,14 +59,14 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
         "the manifest names the storage location: {manifest}"
     );
     let files = manifest["files"].as_array().unwrap();
-    let rows_of = |name: &str| {
+    let file_rows = |name: &str| {
         files.iter().find(|f| f["name"] == name).unwrap()["rows"]
             .as_u64()
             .unwrap()
     };
-    assert_eq!(rows_of("link_clicks.jsonl"), clicks_of);
-    assert_eq!(rows_of("ai_usage.parquet"), ai_of);
-    assert_eq!(rows_of("dead_letters.jsonl"), dead_of);
+    assert_eq!(file_rows("link_clicks.jsonl"), clicks_of);
+    assert_eq!(file_rows("ai_usage.parquet"), ai_of);
+    assert_eq!(file_rows("dead_letters.jsonl"), dead_of);
     for f in files {
         let path = out.join(f["name"].as_str().unwrap());
         let sum = std::process::Command::new("sha256sum")
@@ -110,16 +97,9 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
     let server = TestServer::start(&root, &t, &[]);
     let c = client();
     let sql_http = |q: String| {
-        let c = c.clone();
-        let (url, token) = (server.url("/v1/sql"), t.sql.clone());
+        let req = server.post_with(&c, "/v1/sql", &t.sql).body(q);
         async move {
-            let r = c
-                .post(url)
-                .header(AUTHORIZATION, format!("Bearer {token}"))
-                .body(q)
-                .send()
-                .await
-                .unwrap();
+            let r = send(req).await;
             let cache = r.headers()["x-strata-cache"].to_str().unwrap().to_string();
             (json(r).await.1, cache)
         }
@@ -132,30 +112,14 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
         (clicks_of, "hit")
     );
     let overview = || async {
-        let r = c
-            .get(server.url("/v1/panels/overview?from=2026-10-03&to=2026-11-01"))
-            .header(AUTHORIZATION, format!("Bearer {}", t.panels))
-            .send()
-            .await
-            .unwrap();
-        json(r).await.1["rows"][0]["clicks"].as_u64().unwrap()
+        let path = "/v1/panels/overview?from=2026-10-03&to=2026-11-01";
+        let (_, v) = server.get_json(&c, path, &t.panels).await;
+        v["rows"][0]["clicks"].as_u64().unwrap()
     };
     let panel_before = overview().await;
 
     // Purge.
-    let receipt: Value = serde_json::from_str(&run_ok(
-        strata()
-            .args([
-                "gdpr",
-                "purge",
-                "--subject",
-                &subject,
-                "--requested-by",
-                "dpo@example.invalid",
-            ])
-            .args(&storage),
-    ))
-    .unwrap();
+    let receipt = purge_cli(&storage, &subject, "dpo@example.invalid");
     assert_eq!(receipt["verified"], true, "{receipt}");
     assert_eq!(
         receipt["rows_removed"].as_u64().unwrap(),
@@ -185,12 +149,7 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
 
     // No byte a reader can reach holds the id: every Parquet file read by pyarrow, every other
     // file searched as bytes.
-    let scan = std::process::Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gdpr_scan.py"))
-        .arg(&root)
-        .arg(&subject)
-        .output()
-        .unwrap();
+    let scan = gdpr_scan(&root, &subject);
     assert!(
         scan.status.success(),
         "{}",
@@ -204,12 +163,7 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
         "the id is still readable: {scan}"
     );
     // The bystander's export is still there.
-    let other_hits = std::process::Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gdpr_scan.py"))
-        .arg(root.join("exports"))
-        .arg(&other)
-        .output()
-        .unwrap();
+    let other_hits = gdpr_scan(&root.join("exports"), &other);
     assert!(String::from_utf8_lossy(&other_hits.stdout).contains("\"cell\""));
 
     // Cached answers do not outlive the purge; rollups equal the raw events.
@@ -240,49 +194,27 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
         .set("bootstrap.servers", &tansu.brokers)
         .create()
         .unwrap();
+    let send_click = |key: &str, payload: &str| {
+        producer
+            .send(BaseRecord::to("clicks").key(key).payload(payload))
+            .unwrap();
+    };
     let now = chrono::Utc::now();
     for (i, at) in [
         (1, now - chrono::Duration::days(2)),
         (2, now + chrono::Duration::minutes(1)),
     ] {
-        let payload = serde_json::json!({
-            "schema_version": 1, "event_id": uuid::Uuid::new_v4().to_string(),
-            "occurred_at": at.to_rfc3339(), "user_id": subject, "session_id": format!("late-{i}"),
-            "item_id": "mar-1", "item_type": "marketplace_listing", "category": "home",
-            "source": "search", "target_url": "/x"
-        })
-        .to_string();
-        producer
-            .send(
-                BaseRecord::to("clicks")
-                    .key(subject.as_str())
-                    .payload(&payload),
-            )
-            .unwrap();
+        send_click(&subject, &click(&subject, &format!("late-{i}"), at));
     }
     let malformed = serde_json::json!({
         "schema_version": 1, "occurred_at": (now - chrono::Duration::days(2)).to_rfc3339(),
         "user_id": subject, "item_id": "mar-1"
     })
     .to_string();
-    producer
-        .send(
-            BaseRecord::to("clicks")
-                .key(subject.as_str())
-                .payload(&malformed),
-        )
-        .unwrap();
-    let last = serde_json::json!({
-        "schema_version": 1, "event_id": uuid::Uuid::new_v4().to_string(),
-        "occurred_at": (now + chrono::Duration::minutes(1)).to_rfc3339(), "user_id": subject,
-        "session_id": "late-3", "item_id": "mar-1", "item_type": "marketplace_listing",
-        "category": "home", "source": "search", "target_url": "/x"
-    })
-    .to_string();
+    send_click(&subject, &malformed);
     // Sent last: once it is in the table, everything before it on the partition was read.
-    producer
-        .send(BaseRecord::to("clicks").key("u-bystander").payload(&last))
-        .unwrap();
+    let last = click(&subject, "late-3", now + chrono::Duration::minutes(1));
+    send_click("u-bystander", &last);
     producer.flush(Duration::from_secs(10)).unwrap();
     let ingest = spawn(
         strata()
@@ -327,25 +259,6 @@ async fn purge_erases_the_subject_everywhere_and_late_events_stay_out() {
     assert!(!log.contains(&subject), "the ingest log names the subject");
 }
 
-async fn wait_done(c: &reqwest::Client, server: &TestServer, token: &str, id: &str) -> Value {
-    for _ in 0..1200 {
-        let r = c
-            .get(server.url(&format!("/v1/gdpr/requests/{id}")))
-            .header(AUTHORIZATION, format!("Bearer {token}"))
-            .send()
-            .await
-            .unwrap();
-        let (s, v) = json(r).await;
-        assert_eq!(s, 200, "{v}");
-        match v["status"].as_str().unwrap() {
-            "done" => return v,
-            "failed" => panic!("request failed: {v}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    panic!("request {id} did not finish");
-}
-
 /// Every step a purge can stop at (`STRATA_TEST_PAUSE_AT`), in order.
 const PAUSE_POINTS: [&str; 6] = [
     "tombstone",
@@ -355,45 +268,6 @@ const PAUSE_POINTS: [&str; 6] = [
     "rollups",
     "verify",
 ];
-
-fn storage_args(root: &Path) -> Vec<String> {
-    vec![
-        "--storage-url".to_string(),
-        root.to_str().unwrap().to_string(),
-    ]
-}
-
-/// Generated events (seed 7, 30 days to 2026-11-01) with 5% malformed messages, keyed by
-/// their subject like the good ones, so that most subjects have dead letters too; rollups run.
-fn seed_with_dead_letters(root: &Path, events: u64) {
-    run_ok(strata().args([
-        "gen",
-        "--seed",
-        "7",
-        "--events",
-        &events.to_string(),
-        "--malformed-rate",
-        "0.05",
-        "--end-date",
-        "2026-11-01",
-        "--storage-url",
-        root.to_str().unwrap(),
-    ]));
-    run_ok(strata().args(["rollup", "--storage-url", root.to_str().unwrap()]));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
-}
 
 /// What the seeded root holds, in all and of the subject.
 #[derive(Clone, Copy)]
@@ -406,38 +280,6 @@ struct Before {
     dead_of: u64,
 }
 
-/// Rows of the subject in link_clicks, ai_usage and dead_letters.
-fn rows_of(storage: &[String], subject: &str) -> [u64; 3] {
-    let of = |t: &str| {
-        count(
-            storage,
-            &format!("SELECT count(*) AS n FROM {t} WHERE user_id = '{subject}'"),
-        )
-    };
-    [
-        of("link_clicks"),
-        of("ai_usage"),
-        count(storage, &dead_letters_of(subject)),
-    ]
-}
-
-async fn post(
-    c: &reqwest::Client,
-    server: &TestServer,
-    path: &str,
-    token: &str,
-    body: String,
-) -> (u16, Value) {
-    let r = c
-        .post(server.url(path))
-        .header(AUTHORIZATION, format!("Bearer {token}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    json(r).await
-}
-
 /// Export over HTTP, scopes, and what a request may name (the id rule).
 async fn export_and_refusals(
     c: &reqwest::Client,
@@ -447,7 +289,9 @@ async fn export_and_refusals(
     before: Before,
 ) {
     let body = serde_json::json!({ "subject": subject }).to_string();
-    let (s, accepted) = post(c, server, "/v1/gdpr/exports", &t.admin, body.clone()).await;
+    let (s, accepted) = server
+        .post_json(c, "/v1/gdpr/exports", &t.admin, body.clone())
+        .await;
     assert_eq!(s, 202, "{accepted}");
     let export_id = accepted["request_id"].as_str().unwrap().to_string();
     let done = wait_done(c, server, &t.admin, &export_id).await;
@@ -460,30 +304,20 @@ async fn export_and_refusals(
         format!("exports/{export_id}/"),
         "{done}"
     );
-    let file = c
-        .get(server.url(&format!(
-            "/v1/gdpr/exports/{export_id}/files/link_clicks.jsonl"
-        )))
-        .header(AUTHORIZATION, format!("Bearer {}", t.admin))
-        .send()
-        .await
-        .unwrap();
+    let file_path = format!("/v1/gdpr/exports/{export_id}/files/link_clicks.jsonl");
+    let file = server.get(c, &file_path, &t.admin).await;
     assert_eq!(file.status(), 200);
     assert_eq!(
         file.text().await.unwrap().lines().count() as u64,
         before.clicks_of
     );
     // Scope: a panels token may not purge; a bad body says what to send.
-    let r = c
-        .post(server.url("/v1/gdpr/purges"))
-        .header(AUTHORIZATION, format!("Bearer {}", t.panels))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = server
+        .post(c, "/v1/gdpr/purges", &t.panels, body.clone())
+        .await;
     assert_eq!(r.status(), 403);
-    let (s, v) = post(c, server, "/v1/gdpr/purges", &t.admin, "{}".into()).await;
-    assert_eq!((s, v["code"].as_str()), (400, Some("bad_body")));
+    let (s, v) = server.post_json(c, "/v1/gdpr/purges", &t.admin, "{}").await;
+    assert_error(s, &v, 400, "bad_body");
     // Ids that would match what they do not name, or too many of them: refused, and the
     // refusal does not repeat the id.
     for bad in [
@@ -495,19 +329,15 @@ async fn export_and_refusals(
         serde_json::json!({ "subject": "u 5" }),
         serde_json::json!({ "subject": subject, "session_ids": [""] }),
     ] {
-        let (s, v) = post(c, server, "/v1/gdpr/purges", &t.admin, bad.to_string()).await;
+        let (s, v) = server
+            .post_json(c, "/v1/gdpr/purges", &t.admin, bad.to_string())
+            .await;
         assert_eq!(s, 400, "{bad}: {v}");
         assert!(v["error"].as_str().unwrap().contains("id rule"), "{v}");
     }
     let many: Vec<String> = (0..40_000).map(|i| format!("a-{i}")).collect();
-    let (s, v) = post(
-        c,
-        server,
-        "/v1/gdpr/purges",
-        &t.admin,
-        serde_json::json!({ "subject": subject, "anonymous_ids": many }).to_string(),
-    )
-    .await;
+    let body = serde_json::json!({ "subject": subject, "anonymous_ids": many }).to_string();
+    let (s, v) = server.post_json(c, "/v1/gdpr/purges", &t.admin, body).await;
     assert_eq!(s, 400, "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("at most 100 ids"),
@@ -525,7 +355,7 @@ async fn crash_at(
     before: Before,
     first: bool,
 ) -> (TestServer, Value) {
-    let storage = storage_args(root);
+    let storage = local_storage(root);
     let t = tokens();
     let c = client();
     let server = TestServer::start_env(root, &t, &[], &[("STRATA_TEST_PAUSE_AT", point)]);
@@ -533,7 +363,9 @@ async fn crash_at(
         export_and_refusals(&c, &server, &t, subject, before).await;
     }
     let body = serde_json::json!({ "subject": subject }).to_string();
-    let (s, accepted) = post(&c, &server, "/v1/gdpr/purges", &t.admin, body).await;
+    let (s, accepted) = server
+        .post_json(&c, "/v1/gdpr/purges", &t.admin, body)
+        .await;
     assert_eq!(s, 202, "{accepted}");
     let purge_id = accepted["request_id"].as_str().unwrap().to_string();
     wait_for(
@@ -612,13 +444,7 @@ async fn crash_at(
             "{point}: the files removed before the crash were not deleted: {done}"
         );
     }
-    let scan = std::process::Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gdpr_scan.py"))
-        .arg(root)
-        .arg(subject)
-        .output()
-        .unwrap();
-    let scan: Value = serde_json::from_slice(&scan.stdout).unwrap();
+    let scan: Value = serde_json::from_slice(&gdpr_scan(root, subject).stdout).unwrap();
     assert_eq!(scan["hits"], serde_json::json!([]), "{point}: {scan}");
     (server, done)
 }
@@ -627,8 +453,10 @@ async fn crash_at(
 async fn gdpr_over_http_is_durable_across_a_crash_at_every_step() {
     let dir = test_dir();
     let seeded = dir.path().join("seeded");
-    seed_with_dead_letters(&seeded, 5_000);
-    let storage = storage_args(&seeded);
+    // With 5% malformed messages, keyed by their subject like the good ones, so that most
+    // subjects have dead letters too.
+    seed_root_with(&seeded, 5_000, &["--malformed-rate", "0.05"]);
+    let storage = local_storage(&seeded);
     // A subject with clicks, AI calls and dead letters keyed by them, so that the purge
     // commits to every raw table and every pause point is reached.
     let subject = sql(
@@ -665,14 +493,16 @@ async fn gdpr_over_http_is_durable_across_a_crash_at_every_step() {
             drop(server);
             let server = TestServer::start(&root, &t, &[]);
             let body = serde_json::json!({ "subject": subject }).to_string();
-            let (_, again) = post(&c, &server, "/v1/gdpr/purges", &t.admin, body).await;
+            let (_, again) = server
+                .post_json(&c, "/v1/gdpr/purges", &t.admin, body)
+                .await;
             let again =
                 wait_done(&c, &server, &t.admin, again["request_id"].as_str().unwrap()).await;
             assert_eq!(again["receipt"]["rows_removed"], 0);
             assert_eq!(again["receipt"]["verified"], true);
             assert_eq!(
                 count(
-                    &storage_args(&root),
+                    &local_storage(&root),
                     "SELECT count(*) AS n FROM link_clicks"
                 ),
                 before.clicks - before.clicks_of

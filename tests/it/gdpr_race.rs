@@ -10,30 +10,20 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
-use super::gdpr::dead_letters_of;
-use super::support::{int, produce, run_ok, spawn, sql, strata, test_dir, wait_for, Tansu};
+use super::gdpr_support::{click, dead_letters_of, purge_cli};
+use super::support::{
+    count, int, local_storage, produce, spawn, strata, test_dir, wait_for, Tansu,
+};
 
 const SUBJECT: &str = "u-gdpr-race";
 const SENTINEL: &str = "u-race-sentinel";
-
-fn count(storage: &[String], q: &str) -> u64 {
-    int(&sql(storage, q)[0], "n")
-}
-
-fn click(user: &str, occurred_at: chrono::DateTime<chrono::Utc>) -> String {
-    json!({
-        "schema_version": 1, "event_id": uuid::Uuid::new_v4().to_string(),
-        "occurred_at": occurred_at.to_rfc3339(), "user_id": user, "session_id": "s-race",
-        "item_id": "mar-1", "item_type": "marketplace_listing", "category": "home",
-        "source": "search", "target_url": "/x"
-    })
-    .to_string()
-}
+/// The session of every event the race sends.
+const SESSION: &str = "s-race";
 
 fn ai_call(user: &str, occurred_at: chrono::DateTime<chrono::Utc>) -> String {
     json!({
         "schema_version": 1, "event_id": uuid::Uuid::new_v4().to_string(),
-        "occurred_at": occurred_at.to_rfc3339(), "user_id": user, "session_id": "s-race",
+        "occurred_at": occurred_at.to_rfc3339(), "user_id": user, "session_id": SESSION,
         "feature": "search_answer", "provider": "openai", "model": "gpt-4.1-mini",
         "input_tokens": 120, "output_tokens": 30, "cost_usd": "0.000096000", "status": "ok",
         "latency_ms": 350
@@ -59,7 +49,12 @@ fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
 /// request), among other users' events.
 fn subject_round(producer: &BaseProducer, i: u64) {
     let before = chrono::Utc::now() - chrono::Duration::hours(1);
-    send(producer, "clicks", SUBJECT, &click(SUBJECT, before));
+    send(
+        producer,
+        "clicks",
+        SUBJECT,
+        &click(SUBJECT, SESSION, before),
+    );
     send(producer, "ai_usage", SUBJECT, &ai_call(SUBJECT, before));
     let malformed = match i % 3 {
         // Valid JSON without an event id, with a valid occurred_at.
@@ -76,7 +71,7 @@ fn subject_round(producer: &BaseProducer, i: u64) {
     send(producer, "clicks", key, &malformed);
     for n in 0..5 {
         let user = format!("u-race-{}", (i * 5 + n) % 50);
-        send(producer, "clicks", &user, &click(&user, before));
+        send(producer, "clicks", &user, &click(&user, SESSION, before));
     }
 }
 
@@ -88,7 +83,7 @@ fn a_purge_during_full_speed_ingest_leaves_nothing_of_the_subject() {
     // Background traffic and the topics, one partition each: a sentinel sent last proves that
     // ingest has committed everything before it.
     produce(&kafka.brokers, 21, 20_000, 1);
-    let storage = vec!["--storage-url".to_string(), root.display().to_string()];
+    let storage = local_storage(&root);
     let ingest = spawn(
         strata()
             .args([
@@ -160,19 +155,7 @@ fn a_purge_during_full_speed_ingest_leaves_nothing_of_the_subject() {
     );
 
     // The purge, while the producer and ingest keep going.
-    let receipt: Value = serde_json::from_str(&run_ok(
-        strata()
-            .args([
-                "gdpr",
-                "purge",
-                "--subject",
-                SUBJECT,
-                "--requested-by",
-                "race",
-            ])
-            .args(&storage),
-    ))
-    .unwrap();
+    let receipt = purge_cli(&storage, SUBJECT, "race");
     assert_eq!(receipt["verified"], true, "{receipt}");
     assert!(int(&receipt, "rows_removed") > 0, "{receipt}");
 
@@ -192,7 +175,12 @@ fn a_purge_during_full_speed_ingest_leaves_nothing_of_the_subject() {
         .create()
         .unwrap();
     let now = chrono::Utc::now();
-    send(&sentinels, "clicks", SENTINEL, &click(SENTINEL, now));
+    send(
+        &sentinels,
+        "clicks",
+        SENTINEL,
+        &click(SENTINEL, SESSION, now),
+    );
     send(&sentinels, "ai_usage", SENTINEL, &ai_call(SENTINEL, now));
     sentinels.flush(Duration::from_secs(10)).unwrap();
     wait_for("ingest to catch up", Duration::from_secs(180), || {

@@ -103,7 +103,7 @@ fn survives_sigkill_twice_and_counts_exactly_once() {
         int(&summary, "malformed") > 0 && int(&summary, "retries") > 0,
         "{summary}"
     );
-    let storage = vec!["--storage-url".to_string(), root.display().to_string()];
+    let storage = local_storage(&root);
 
     // Kill it twice while it is committing, each time after it made progress.
     for round in 0..2 {
@@ -169,18 +169,9 @@ fn survives_sigkill_twice_and_counts_exactly_once() {
 
     // Another Delta reader (the Python deltalake package) sees the same tables.
     for (table, key) in [("link_clicks", "link_clicks"), ("ai_usage", "ai_usage")] {
-        let out = std::process::Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/delta_read_check.py"
-            ))
-            .arg(root.join("tables").join(table))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "python reader: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = python_ok(
+            python_script("delta_read_check.py").arg(root.join("tables").join(table)),
+            "python reader",
         );
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
@@ -215,7 +206,7 @@ fn rebalance_between_two_consumers_loses_and_duplicates_nothing() {
     let kafka = Tansu::start(dir.path());
     let (seed, events) = (12, 150_000);
     let summary = produce(&kafka.brokers, seed, events, 4);
-    let storage = vec!["--storage-url".to_string(), root.display().to_string()];
+    let storage = local_storage(&root);
 
     let a = spawn(
         &mut ingest(&kafka.brokers, &root, "pair", 4_000),

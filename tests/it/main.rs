@@ -1,6 +1,7 @@
 //! End-to-end tests of the `strata` binary against real parts: the tansu Kafka broker,
 //! moto's S3 server, the Python `deltalake` reader. `scripts/test.sh` installs them.
 
+mod gdpr_support;
 mod server;
 mod support;
 
@@ -13,5 +14,9 @@ mod gdpr_race;
 
 mod bad_config;
 mod cli;
+mod config;
 mod kafka_ingest;
+mod maintenance;
+mod prometheus;
 mod s3;
+mod scheduler;

@@ -182,14 +182,9 @@ impl Moto {
         let script = format!(
             "import boto3; boto3.client('s3', endpoint_url='{endpoint}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')"
         );
-        let out = Command::new(python())
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "creating bucket: {}",
-            String::from_utf8_lossy(&out.stderr)
+        python_ok(
+            Command::new(python()).args(["-c", &script]),
+            "creating bucket",
         );
         Moto {
             endpoint,
@@ -213,6 +208,36 @@ impl Moto {
 
 pub fn python() -> PathBuf {
     tool("STRATA_PYTHON", "python3")
+}
+
+/// Runs a Python command; when it fails, so does the test, with `what` and Python's stderr.
+pub fn python_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `scripts/<name>` under the suite's Python, ready for its arguments.
+pub fn python_script(name: &str) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(name),
+    );
+    cmd
+}
+
+/// The `--storage-url` flag for a local root.
+pub fn local_storage(root: &Path) -> Vec<String> {
+    vec![
+        "--storage-url".to_string(),
+        root.to_str().unwrap().to_string(),
+    ]
 }
 
 /// Generates `events` into the broker (creating the topics) and returns the summary.
@@ -246,6 +271,11 @@ pub fn sql(storage: &[String], q: &str) -> Vec<Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The `n` of a query that answers one row with a count `n`.
+pub fn count(storage: &[String], q: &str) -> u64 {
+    int(&sql(storage, q)[0], "n")
 }
 
 pub fn int(v: &Value, k: &str) -> u64 {

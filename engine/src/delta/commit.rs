@@ -1,6 +1,7 @@
-//! The one place that commits to a Delta table: creating it, appending fenced by `txn`
+//! The one place that writes a Delta log: creating a table, appending fenced by `txn`
 //! versions, raising a `txn` version (the GDPR tombstone marker), replacing partitions
-//! (rollups) and removing + adding files (purge rewrites), each with its conflict retry.
+//! (rollups), removing + adding files (purge rewrites, compactions, retention), each with its
+//! conflict retry, and checkpoints with the cleanup of expired log entries.
 
 use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
@@ -15,6 +16,7 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use tracing::{debug, info, warn};
 
+use super::log::LiveFile;
 use super::{layout, log};
 use crate::registry::TableSpec;
 use crate::writer::writer_properties;
@@ -36,8 +38,30 @@ pub struct TxnUpdate {
 /// [`crate::EventTable::append_filtered`]).
 pub const TOMBSTONE_MARKER_APP_ID: &str = "strata-gdpr-tombstones";
 
+/// The `txn` app id of every commit that removes files it has read: a purge's rewrite, a
+/// compaction, a retention run, a rollup's partition replace (its version: the table version
+/// the commit was built on).
+///
+/// delta-rs does not count removes with `dataChange=false` (a compaction's) as conflicts:
+/// without this fence a purge scanned before a compaction committed would still commit its
+/// rewrite of files the compaction folded into a new one (the subject's rows surviving there,
+/// everyone else's twice), and two compactions of the same files would both commit. With it
+/// the later of two such commits fails (`ConcurrentTransaction`) and reads the table again.
+/// Appends and the tombstone marker do not carry it: they never conflict with a compaction.
+pub const REWRITE_FENCE_APP_ID: &str = "strata-file-rewrite";
+
+/// The `commitInfo` key of retention commits: the log reader leaves them out of the days a
+/// rollup recomputes, so that rollup days outlive their expired source days.
+pub(crate) const RETENTION_MARKER: &str = "strata-retention";
+
+/// The `commitInfo` key of compaction commits (for operators reading the log).
+const COMPACTION_MARKER: &str = "strata-compaction";
+
 /// Commit attempts an append makes when other commits keep landing first.
 const MAX_CONFLICT_RETRIES: u32 = 50;
+
+/// Attempts of [`replace_partitions`] when a compaction of the rollup lands first.
+const MAX_REPLACE_ATTEMPTS: u32 = 5;
 
 /// Attempts of [`raise_txn`] (each lost attempt means another writer committed meanwhile).
 const MAX_RAISE_ATTEMPTS: u32 = 100;
@@ -365,31 +389,56 @@ pub(crate) struct PartitionReplace {
 }
 
 /// Replaces the partitions `replace` selects with `batches` in one commit that records its
-/// `txn` (delta-rs retries a conflicting commit up to 10 times). Returns the new version.
+/// `txn` (delta-rs retries a commit that lost a race without a conflict up to 10 times).
+/// Returns the new version.
+///
+/// It carries the rewrite fence ([`REWRITE_FENCE_APP_ID`]): a compaction of the rollup
+/// committed meanwhile fails it (an overwrite would leave the compaction's file next to its
+/// own) and the write is made again, so maintenance never blocks a rollup (the failed
+/// attempt's files are left to vacuum); a run of the same rollup that got as far wins.
 pub(crate) async fn replace_partitions(
     table: &DeltaTable,
     spec: &TableSpec,
     batches: Vec<RecordBatch>,
     replace: PartitionReplace,
 ) -> Result<Option<u64>> {
-    let props = CommitProperties::default()
-        .with_application_transaction(Transaction::new(&replace.app_id, replace.version))
-        .with_max_retries(10);
-    let mut write = table
-        .clone()
-        .write(batches)
-        .with_save_mode(SaveMode::Overwrite)
-        .with_partition_columns([spec.partition_column])
-        .with_writer_properties(writer_properties(spec))
-        .with_commit_properties(props);
-    if replace.new_schema {
-        write = write.with_schema_mode(SchemaMode::Overwrite);
+    let mut table = table.clone();
+    let mut attempt = 1;
+    loop {
+        let read_version = table.version().map_or(-1, |v| v as i64);
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&replace.app_id, replace.version))
+            .with_application_transaction(Transaction::new(REWRITE_FENCE_APP_ID, read_version))
+            .with_max_retries(10);
+        let mut write = table
+            .clone()
+            .write(batches.clone())
+            .with_save_mode(SaveMode::Overwrite)
+            .with_partition_columns([spec.partition_column])
+            .with_writer_properties(writer_properties(spec))
+            .with_commit_properties(props);
+        if replace.new_schema {
+            write = write.with_schema_mode(SchemaMode::Overwrite);
+        }
+        if let Some(predicate) = &replace.replace_where {
+            write = write.with_replace_where(predicate.clone());
+        }
+        match write.await {
+            Ok(written) => return Ok(written.version()),
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(e),
+            }) if attempt < MAX_REPLACE_ATTEMPTS => {
+                table.update_state().await?;
+                let stored = log::txn_version(&table, &replace.app_id).await?;
+                if stored.is_some_and(|v| v >= replace.version) {
+                    return Ok(table.version());
+                }
+                debug!(table = spec.name, attempt, error = %e, "partition replace conflicted; writing again");
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    if let Some(predicate) = replace.replace_where {
-        write = write.with_replace_where(predicate);
-    }
-    let written = write.await?;
-    Ok(written.version())
 }
 
 /// The remove action of data file `path` (relative to the table) of partition
@@ -413,11 +462,31 @@ pub(crate) fn removal(path: String, partition_column: &str, value: String, size:
     }
 }
 
+/// The remove action of live file `file` of a table partitioned by `partition_column`;
+/// `data_change` false when its rows live on in another file (a compaction).
+pub(crate) fn removal_of(file: &LiveFile, partition_column: &str, data_change: bool) -> Remove {
+    let mut remove = removal(
+        file.path.clone(),
+        partition_column,
+        String::new(),
+        file.size,
+    );
+    remove.data_change = data_change;
+    remove.partition_values = Some(
+        [(partition_column.to_string(), file.partition.clone())]
+            .into_iter()
+            .collect(),
+    );
+    remove
+}
+
 /// Commits `removes` and `adds` of table `name` atomically, with `(key, value)` in the
 /// commit's `commitInfo`. No read predicate: appends landing meanwhile never conflict with
-/// it; a commit that removed a file it removes does (delta-rs retries other conflicts up to
-/// 20 times). Returns the new version, or None when it lost such a conflict: nothing was
-/// committed, and the added files, nobody's, are deleted.
+/// it; a commit that removed a file it removes does, and so does any other commit carrying
+/// [`REWRITE_FENCE_APP_ID`] (a compaction, a retention run) that landed after `table` was
+/// loaded (delta-rs retries other conflicts up to 20 times). Returns the new version, or None
+/// when it lost such a conflict: nothing was committed, and the added files, nobody's, are
+/// deleted.
 pub(crate) async fn remove_and_add(
     storage: &Storage,
     name: &str,
@@ -432,36 +501,118 @@ pub(crate) async fn remove_and_add(
         .collect();
     let mut actions: Vec<Action> = removes.iter().cloned().map(Action::Remove).collect();
     actions.extend(adds.into_iter().map(Action::Add));
+    let operation = DeltaOperation::Delete { predicate: None };
+    let committed = commit_rewrite(table, name, actions, operation, commit_info).await?;
+    if committed.is_none() {
+        for path in &added {
+            match storage.store().delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
+            }
+        }
+    }
+    Ok(committed)
+}
+
+/// Commits a compaction of table `name`: `removes` and the `adds` holding the same rows, all
+/// `dataChange=false` (no reader, stream or rollup sees a change of data). None when a
+/// conflicting commit (a purge, a retention run, a rollup replace, another compaction) landed
+/// after `table` was loaded: nothing committed, the added files are the caller's.
+pub(crate) async fn commit_compaction(
+    table: &DeltaTable,
+    name: &str,
+    removes: Vec<Remove>,
+    adds: Vec<Add>,
+    target_size: u64,
+) -> Result<Option<u64>> {
+    let mut actions = Vec::with_capacity(removes.len() + adds.len());
+    for mut remove in removes {
+        remove.data_change = false;
+        actions.push(Action::Remove(remove));
+    }
+    for mut add in adds {
+        add.data_change = false;
+        actions.push(Action::Add(add));
+    }
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: i64::try_from(target_size).unwrap_or(i64::MAX),
+    };
+    commit_rewrite(table, name, actions, operation, (COMPACTION_MARKER, name)).await
+}
+
+/// Commits the removal of expired files of table `name` (`removes`, whole partitions older
+/// than `cutoff`), marked as a retention commit (see [`RETENTION_MARKER`]). None when a
+/// conflicting commit landed after `table` was loaded: nothing was committed.
+pub(crate) async fn commit_expiry(
+    table: &DeltaTable,
+    name: &str,
+    removes: Vec<Remove>,
+    cutoff: &str,
+) -> Result<Option<u64>> {
+    let actions = removes.into_iter().map(Action::Remove).collect();
+    let operation = DeltaOperation::Delete { predicate: None };
+    commit_rewrite(table, name, actions, operation, (RETENTION_MARKER, cutoff)).await
+}
+
+/// One commit of `actions` built on the loaded state of `table`, fenced by
+/// [`REWRITE_FENCE_APP_ID`], with `(key, value)` in its `commitInfo`. None when it lost a
+/// conflict (nothing committed).
+async fn commit_rewrite(
+    table: &DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    commit_info: (&str, &str),
+) -> Result<Option<u64>> {
     let (key, value) = commit_info;
+    let read_version = table.version().map_or(-1, |v| v as i64);
+    let fence = Transaction::new_with_last_update(
+        REWRITE_FENCE_APP_ID,
+        read_version,
+        Some(chrono::Utc::now().timestamp_millis()),
+    );
     let committed = CommitBuilder::from(
         CommitProperties::default()
             .with_max_retries(20)
             .with_metadata([(
                 key.to_string(),
                 serde_json::Value::String(value.to_string()),
-            )]),
+            )])
+            .with_application_transaction(fence),
     )
     .with_actions(actions)
-    .build(
-        Some(table.snapshot()?),
-        table.log_store(),
-        DeltaOperation::Delete { predicate: None },
-    )
+    .build(Some(table.snapshot()?), table.log_store(), operation)
     .await;
     match committed {
         Ok(c) => Ok(Some(c.version())),
         Err(DeltaTableError::Transaction {
             source: TransactionError::CommitConflict(e),
         }) => {
-            debug!(table = name, error = %e, "remove+add commit conflict");
-            for path in &added {
-                match storage.store().delete(path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-                }
-            }
+            debug!(table = name, error = %e, "rewrite commit conflict");
             Ok(None)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes a checkpoint of the loaded version of `table` (loading replays no commit before it).
+pub(crate) async fn checkpoint(table: &DeltaTable) -> Result<()> {
+    deltalake::checkpoints::create_checkpoint(table, None).await?;
+    Ok(())
+}
+
+/// Deletes the log entries of `table` older than `cutoff_ms` (ms since the epoch) that a
+/// checkpoint before the cutoff makes unnecessary (the table loads the same); how many went.
+pub(crate) async fn clean_expired_log(table: &DeltaTable, cutoff_ms: i64) -> Result<usize> {
+    let version = table.version().unwrap_or(0);
+    let log_store = table.log_store();
+    let cleaned = deltalake::checkpoints::cleanup_expired_logs_for(
+        version,
+        log_store.as_ref(),
+        cutoff_ms,
+        None,
+    )
+    .await?;
+    Ok(cleaned)
 }

@@ -3,6 +3,8 @@
 //! ```text
 //! <root>/tables/<name>/                  a Delta table (data files + _delta_log/)
 //! <root>/tables/<name>/_delta_log/<v>.json   one commit
+//! <root>/tables/<name>/_delta_log/_last_checkpoint   the newest checkpoint's version
+//! <root>/tables/<name>/<column>=<value>/*.parquet     data files (hidden: a segment starting `_` or `.`)
 //! <root>/exports/<request id>/           a GDPR export (data files + manifest.json)
 //! <root>/_strata/gdpr/requests/<id>.json a durable GDPR request
 //! <root>/_strata/gdpr.key                the key that hashes subject ids in the audit log
@@ -56,6 +58,36 @@ pub fn delta_log_dir(name: &str) -> Path {
 /// `tables/<name>/_delta_log/<version, 20 digits>.json`
 pub fn commit_file(name: &str, version: u64) -> Path {
     Path::from(format!("{TABLES_DIR}/{name}/_delta_log/{version:020}.json"))
+}
+
+/// `tables/<name>/_delta_log/_last_checkpoint` (which version the newest checkpoint holds).
+pub fn last_checkpoint_file(name: &str) -> Path {
+    Path::from(format!("{TABLES_DIR}/{name}/_delta_log/_last_checkpoint"))
+}
+
+/// The path of `location` relative to table `name`'s directory, as the log names its files
+/// (None when it lies outside the table).
+pub fn relative_to_table<'a>(name: &str, location: &'a Path) -> Option<&'a str> {
+    location
+        .as_ref()
+        .strip_prefix(TABLES_DIR)?
+        .strip_prefix('/')?
+        .strip_prefix(name)?
+        .strip_prefix('/')
+}
+
+/// Whether `rel` (relative to its table) names a data file rather than the log or another
+/// hidden directory: Delta's convention is that a segment starting with `_` or `.` is hidden.
+pub fn is_data_file(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && !seg.starts_with('_') && !seg.starts_with('.'))
+}
+
+/// `<column>=<value>`: how a partition is named in its directory and in job reports.
+pub fn partition_name(column: &str, value: &str) -> String {
+    format!("{column}={value}")
 }
 
 /// `exports` (the directory listed to find earlier exports).
@@ -129,5 +161,28 @@ mod tests {
         assert_eq!(table_url(&root, "t").as_str(), "s3://b/root/tables/t/");
         assert_eq!(gdpr_request("r1").as_ref(), "_strata/gdpr/requests/r1.json");
         assert_eq!(gdpr_key().as_ref(), "_strata/gdpr.key");
+        assert_eq!(
+            last_checkpoint_file("t").as_ref(),
+            "tables/t/_delta_log/_last_checkpoint"
+        );
+        assert_eq!(
+            partition_name("event_date", "2026-10-01"),
+            "event_date=2026-10-01"
+        );
+    }
+
+    #[test]
+    fn data_files_of_a_table() {
+        let file = table_file("t", "day=2026-11-01/part-0.parquet");
+        assert_eq!(
+            relative_to_table("t", &file),
+            Some("day=2026-11-01/part-0.parquet")
+        );
+        assert_eq!(relative_to_table("t2", &file), None);
+        assert_eq!(relative_to_table("t", &table_file("tx", "a.parquet")), None);
+        assert!(is_data_file("day=2026-11-01/part-0.parquet"));
+        assert!(!is_data_file("_delta_log/00000000000000000000.json"));
+        assert!(!is_data_file("day=2026-11-01/.part-0.parquet.crc"));
+        assert!(!is_data_file(""));
     }
 }

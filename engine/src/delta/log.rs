@@ -1,7 +1,8 @@
 //! The one reader of the Delta log: a table's state as delta-rs loads it (its version, the
-//! versions of its `txn` app ids), and its commit files read directly where delta-rs has no
-//! answer (when a commit landed, the files each commit added and removed, the partitions that
-//! changed between two versions, what earlier operations removed).
+//! versions of its `txn` app ids, its live files and the files it removed), and its commit
+//! files read directly where delta-rs has no answer (when a commit landed, the files each
+//! commit added and removed, the partitions that changed between two versions, what earlier
+//! operations removed, the newest checkpoint).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -11,6 +12,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use tracing::warn;
 
+use super::commit::RETENTION_MARKER;
 use super::layout;
 use crate::{EngineError, Result, Storage};
 
@@ -73,6 +75,8 @@ pub(crate) struct FileAction {
     /// Relative to the table.
     pub path: Option<String>,
     pub partition_values: serde_json::Map<String, serde_json::Value>,
+    /// False when the rows live on elsewhere (a compaction's removes and adds).
+    pub data_change: bool,
 }
 
 impl FileAction {
@@ -87,6 +91,10 @@ impl FileAction {
                 .and_then(|p| p.as_object())
                 .cloned()
                 .unwrap_or_default(),
+            data_change: action
+                .get("dataChange")
+                .and_then(|d| d.as_bool())
+                .unwrap_or(true),
         }
     }
 
@@ -96,11 +104,12 @@ impl FileAction {
     }
 }
 
-/// The data files one commit added and removed, in log order.
+/// The data files one commit added and removed, in log order, and its `commitInfo`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CommitFiles {
     pub added: Vec<FileAction>,
     pub removed: Vec<FileAction>,
+    pub info: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The files added and removed by commit `version` of `table`; None when its commit file is
@@ -129,6 +138,9 @@ pub(crate) async fn commit_files(
         if let Some(r) = action.get("remove") {
             files.removed.push(FileAction::from_json(r));
         }
+        if let Some(info) = action.get("commitInfo").and_then(|i| i.as_object()) {
+            files.info = info.clone();
+        }
     }
     Ok(Some(files))
 }
@@ -136,6 +148,10 @@ pub(crate) async fn commit_files(
 /// The values of partition column `column` of every file added or removed in versions
 /// `from..=to` of `table`, each parsed by `parse`. None when a commit file is gone or a file
 /// carries no parsable value: the caller then treats every partition as changed.
+///
+/// Files moved without changing rows (`dataChange=false`: a compaction) change no partition,
+/// and neither do retention commits: the days they expire keep what was derived from them
+/// (rollup days hold no personal data and outlive their source days).
 pub(crate) async fn changed_partitions<T: Ord>(
     storage: &Storage,
     table: &str,
@@ -154,7 +170,15 @@ pub(crate) async fn changed_partitions<T: Ord>(
             );
             return Ok(None);
         };
-        for file in files.added.iter().chain(&files.removed) {
+        if files.info.contains_key(RETENTION_MARKER) {
+            continue;
+        }
+        for file in files
+            .added
+            .iter()
+            .chain(&files.removed)
+            .filter(|f| f.data_change)
+        {
             match file.partition(column).and_then(&parse) {
                 Some(value) => {
                     values.insert(value);
@@ -167,7 +191,8 @@ pub(crate) async fn changed_partitions<T: Ord>(
 }
 
 /// The `event_date`s of the files added or removed in versions `from..=to` of a table, read
-/// from its commit files. None when a commit file is gone or a file carries no date: the
+/// from its commit files (compactions and retention runs left out, see
+/// [`changed_partitions`]). None when a commit file is gone or a file carries no date: the
 /// caller then recomputes everything.
 pub async fn changed_dates(
     storage: &Storage,
@@ -219,4 +244,70 @@ pub(crate) async fn files_removed_by_marked_commits(
         }
     }
     Ok(removed)
+}
+
+/// A data file of the loaded version of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveFile {
+    /// Relative to the table, as the log names it.
+    pub path: String,
+    pub size: u64,
+    /// Its value of the table's partition column (None when the entry carries none).
+    pub partition: Option<String>,
+    /// Its rows, from the log's statistics (None when they carry no count).
+    pub rows: Option<u64>,
+    /// When it was written, in milliseconds since the epoch.
+    pub modified_ms: i64,
+}
+
+/// The data files of the loaded version of `table`, with their values of `partition_column`.
+pub(crate) fn live_files(table: &DeltaTable, partition_column: &str) -> Result<Vec<LiveFile>> {
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| LiveFile {
+            path: f.path().to_string(),
+            size: u64::try_from(f.size()).unwrap_or(0),
+            partition: f
+                .partition_values_map()
+                .get(partition_column)
+                .cloned()
+                .flatten(),
+            rows: f.num_records().map(|n| n as u64),
+            modified_ms: f.modification_time(),
+        })
+        .collect())
+}
+
+/// The files the loaded state of `table` remembers as removed (tombstones), each with its
+/// removal time in milliseconds since the epoch when the log recorded one. Paths are
+/// relative to the table. Tombstones leave the state once checkpoints drop them (after the
+/// table's `delta.deletedFileRetentionDuration`).
+pub(crate) async fn tombstones(table: &DeltaTable) -> Result<HashMap<String, Option<i64>>> {
+    let log_store = table.log_store();
+    let removed: HashMap<String, Option<i64>> = table
+        .snapshot()?
+        .all_tombstones(log_store.as_ref())
+        .map_ok(|t| (t.path().to_string(), t.deletion_timestamp()))
+        .try_collect()
+        .await?;
+    Ok(removed)
+}
+
+/// The version the newest checkpoint of `table` holds (None: no checkpoint yet), from the
+/// log's `_last_checkpoint` pointer.
+pub(crate) async fn last_checkpoint(storage: &Storage, table: &str) -> Result<Option<u64>> {
+    let path = layout::last_checkpoint_file(table);
+    let bytes = match storage.store().get(&path).await {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading {path}: {e}")))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(EngineError::Internal(format!("reading {path}: {e}"))),
+    };
+    let pointer: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| EngineError::Internal(format!("{path} is not JSON: {e}")))?;
+    Ok(pointer.get("version").and_then(|v| v.as_u64()))
 }

@@ -11,3 +11,4 @@
 pub(crate) mod commit;
 pub mod layout;
 pub(crate) mod log;
+pub mod stats;

@@ -53,18 +53,13 @@ pub(crate) async fn commit_tombstone_marker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RawAppend, StorageOptions};
+    use crate::RawAppend;
     use strata_schemas::EventKind;
 
     #[tokio::test]
     async fn ingest_filtered_before_the_marker_is_refused_and_never_lowers_it() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions {
-            url: dir.path().to_str().unwrap().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let storage = Storage::open_dir(dir.path()).await.unwrap();
         let spec = TableSpec::for_events(EventKind::LinkClick);
         let mut ingest = EventTable::open_or_create(&storage, spec.clone())
             .await

@@ -87,6 +87,10 @@ const FILES: &[(&str, &str)] = &[
         "rollup_runs",
         include_str!("../../sql/panels/rollup_runs.sql"),
     ),
+    (
+        "table_health",
+        include_str!("../../sql/panels/table_health.sql"),
+    ),
 ];
 
 /// Every panel, and the cache they share with SQL over HTTP.
@@ -172,15 +176,40 @@ impl Panels {
     }
 }
 
+/// What the panel unit tests share: every panel file loaded, a fixed day to resolve periods
+/// from, and query pairs as a request carries them.
+#[cfg(test)]
+mod test_support {
+    use std::sync::Arc;
+
+    use super::Panels;
+    use crate::cache::ResultCache;
+
+    pub(super) fn panels() -> Panels {
+        Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap()
+    }
+
+    pub(super) fn today() -> chrono::NaiveDate {
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap()
+    }
+
+    pub(super) fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
+        s.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::run::PROVEN_COLUMN;
     use super::spec::FALLBACK_LINE;
+    use super::test_support::panels;
     use super::*;
 
     #[test]
     fn every_panel_file_parses() {
-        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let panels = panels();
         assert_eq!(panels.list().count(), FILES.len());
         for p in panels.list() {
             assert!(
@@ -200,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_panel_with_a_fallback_is_two_statements() {
-        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let panels = panels();
         let top = panels.get("top_items").unwrap();
         let fallback = top.fallback.expect("top_items has a fallback");
         assert!(top.sql.contains("AS proven"));
@@ -213,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_request_resolves_its_panel_and_checks_its_params() {
-        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let panels = panels();
         let pairs = vec![("limit".to_string(), "3".to_string())];
         let request = panels.request("top_items", &pairs).unwrap();
         assert_eq!(request.panel.name, "top_items");

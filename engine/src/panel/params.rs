@@ -291,23 +291,14 @@ fn given<'a>(panel: &Panel, pairs: &'a [(String, String)]) -> Result<BTreeMap<&'
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::cache::ResultCache;
-    use crate::panel::Panels;
-
-    fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
-        s.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::panel::test_support::{pairs, panels, today};
 
     #[test]
     fn params_are_validated_with_messages_that_say_what_to_fix() {
-        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let panels = panels();
         let top = panels.get("top_items").unwrap();
-        let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let today = today();
         let p = PanelParams::parse(top, &[], today).unwrap();
         assert_eq!(p.period.to, today);
         assert_eq!((p.period.to - p.period.from).num_days(), 29);
@@ -341,8 +332,8 @@ mod tests {
         assert_eq!(from["type"], "date");
         assert_eq!(from["default"], "`to` minus 29 days");
         assert!(serde_json::to_value(spec("category").unwrap()).unwrap()["default"].is_null());
-        let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
-        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
+        let today = today();
+        let panels = panels();
         let p = PanelParams::parse(panels.get("top_items").unwrap(), &[], today).unwrap();
         assert_eq!(
             serde_json::to_value(&p).unwrap(),

@@ -88,22 +88,14 @@ fn render_placeholders(sql: &str, value: impl Fn(&str) -> Option<String>) -> Str
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::cache::ResultCache;
-    use crate::panel::{Panels, ParamKind};
-
-    fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
-        s.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::panel::test_support::{pairs, panels, today};
+    use crate::panel::ParamKind;
 
     #[test]
     fn a_value_is_never_read_as_sql_or_as_another_placeholder() {
-        let panels = Panels::new(Arc::new(ResultCache::new(1 << 20))).unwrap();
-        let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let panels = panels();
+        let today = today();
         for panel in panels.list() {
             let text: Vec<&str> = panel
                 .params

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, Float64Array};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::DataFusionError;
+use datafusion::logical_expr::utils::format_state_name;
 
 use super::DfResult;
 
@@ -106,6 +107,16 @@ impl<'a> RowStates<'a> {
         self.fill_to(rows);
         Arc::new(self.out.finish())
     }
+}
+
+/// The partial state of a sketch aggregate: one nullable `Binary` field, named after the
+/// aggregate call and what the bytes hold (`state`).
+pub(crate) fn binary_state_fields(aggregate: &str, state: &str) -> Vec<FieldRef> {
+    vec![Arc::new(Field::new(
+        format_state_name(aggregate, state),
+        DataType::Binary,
+        true,
+    ))]
 }
 
 /// Input types a sketch function takes: the plain, large and view forms of its type.

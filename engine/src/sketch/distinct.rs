@@ -26,11 +26,11 @@ use arrow::array::{Array, ArrayRef, BinaryBuilder, BooleanArray, Int64Array, Str
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
+use super::columns::binary_state_fields;
 use super::{filtered_out, for_each_bytes, hash64, inputs, DfResult, Hll, RowStates};
 
 /// Past this many values a group's list becomes a hash set.
@@ -347,11 +347,7 @@ impl AggregateUDFImpl for DistinctSketchUdaf {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format_state_name(args.name, "hashes"),
-            DataType::Binary,
-            true,
-        ))])
+        Ok(binary_state_fields(args.name, "hashes"))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {

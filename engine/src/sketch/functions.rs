@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array};
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::DataFusionError;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, GroupsAccumulator, ScalarUDF,
     Signature, SimpleScalarUDF, Volatility,
@@ -16,7 +15,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 use super::accumulator::{Sketch, SketchAccumulator, SketchGroups};
-use super::columns::as_float64;
+use super::columns::{as_float64, binary_state_fields};
 use super::distinct::DistinctSketchUdaf;
 use super::{inputs, DfResult, Hll, LatencySketch};
 
@@ -84,11 +83,7 @@ impl<S: Sketch> AggregateUDFImpl for SketchUdaf<S> {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format_state_name(args.name, "sketch"),
-            DataType::Binary,
-            true,
-        ))])
+        Ok(binary_state_fields(args.name, "sketch"))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {

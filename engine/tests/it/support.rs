@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use strata_engine::{Catalog, EventTable, RollupBuilder, Storage, StorageOptions, TableSpec};
+use strata_engine::{Catalog, EventTable, RollupBuilder, Storage, TableSpec};
 use strata_schemas::{EventDecoder, EventKind, RawMessage};
 
 pub struct Fixture {
@@ -20,15 +20,7 @@ pub fn data(name: &str) -> String {
 /// Appends JSON lines of one kind as one commit; offsets continue from `first_offset`.
 pub async fn append(storage: &Storage, kind: EventKind, jsonl: &str, first_offset: i64) {
     let lines: Vec<&str> = jsonl.lines().filter(|l| !l.trim().is_empty()).collect();
-    let raw: Vec<RawMessage> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| RawMessage {
-            payload: l.as_bytes(),
-            partition: 0,
-            offset: first_offset + i as i64,
-        })
-        .collect();
+    let raw = RawMessage::sequence(&lines, 0, first_offset);
     let decoded = EventDecoder::new(kind)
         .decode(&raw, 1_800_000_000_000_000)
         .unwrap();
@@ -46,12 +38,7 @@ pub async fn append(storage: &Storage, kind: EventKind, jsonl: &str, first_offse
 /// These events in a fresh root (one commit per kind, offsets from 0), with the rollups run.
 pub async fn root_with(events: &[(EventKind, &str)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&StorageOptions {
-        url: dir.path().to_str().unwrap().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let storage = Storage::open_dir(dir.path()).await.unwrap();
     for (kind, jsonl) in events {
         append(&storage, *kind, jsonl, 0).await;
     }

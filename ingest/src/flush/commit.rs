@@ -1,7 +1,10 @@
 //! Stages 2 to 4 of a flush, once per commit: filter the rows against the tombstones the
 //! commit is fenced on, write them with their partitions' offsets (`txn` actions, fenced on
 //! the versions this process started from), then advance the partitions and count, or drop
-//! what a fenced partition holds so that it is re-read from the table.
+//! what a fenced partition holds so that it is re-read from the table. Each commit is timed
+//! and counted by table (`strata_ingest_commit*` metrics).
+
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use strata_engine::{AppendOutcome, EngineError, EventTable, RawAppend, TxnUpdate};
@@ -48,6 +51,7 @@ pub(super) async fn commit_dead_letters(
     }
     let txns: Vec<TxnUpdate> = commit.txns.iter().map(|t| t.txn.clone()).collect();
     let letters = &commit.letters;
+    let started = Instant::now();
     let committed = commit_filtered(
         &mut tables.dead_letters,
         &mut tables.tombstones,
@@ -55,6 +59,7 @@ pub(super) async fn commit_dead_letters(
         |tombstones| Ok(keep_letters(tombstones, letters)),
     )
     .await;
+    record_commit(metrics, tables.dead_letters.name(), started, &committed);
     match committed {
         Ok(FilteredAppend { done, tombstoned }) => {
             count_tombstoned(metrics, out, "dead_letters", tombstoned);
@@ -113,10 +118,12 @@ pub(super) async fn commit_events(
         .events
         .get_mut(&kind)
         .expect("a table is opened for every bound kind");
+    let started = Instant::now();
     let committed = commit_filtered(table, &mut tables.tombstones, &txns, |tombstones| {
         tombstones.apply(rows.clone())
     })
     .await;
+    record_commit(metrics, kind.table(), started, &committed);
     match committed {
         Ok(FilteredAppend { done, tombstoned }) => {
             count_tombstoned(metrics, out, kind.table(), tombstoned);
@@ -222,9 +229,31 @@ fn count_tombstoned(metrics: &IngestMetrics, out: &mut FlushOutcome, table: &str
     }
 }
 
-/// Commit retries, rows and files of one commit that went through.
+/// The duration of one commit of `table`, and whether it went through or failed. A fenced
+/// commit is neither: `fenced_total` counts it.
+fn record_commit(
+    metrics: &IngestMetrics,
+    table: &str,
+    started: Instant,
+    committed: &Result<FilteredAppend>,
+) {
+    metrics
+        .commit_seconds
+        .with_label_values(&[table])
+        .observe(started.elapsed().as_secs_f64());
+    match committed {
+        Ok(_) => metrics.commits.with_label_values(&[table]).inc(),
+        Err(IngestError::Engine(EngineError::Fenced { .. })) => {}
+        Err(_) => metrics.commit_failures.with_label_values(&[table]).inc(),
+    }
+}
+
+/// Conflicts retried, rows and files of one commit that went through.
 fn count_append(metrics: &IngestMetrics, table: &str, done: &AppendOutcome) {
-    metrics.commit_retries.inc_by(done.retries as u64);
+    metrics
+        .commit_conflicts
+        .with_label_values(&[table])
+        .inc_by(u64::from(done.retries));
     metrics
         .flushed_rows
         .with_label_values(&[table])

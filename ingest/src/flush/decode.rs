@@ -11,6 +11,7 @@ use strata_schemas::{DeadLetter, Decoded, EventDecoder, EventKind, RawMessage, R
 
 use super::FlushOutcome;
 use crate::dedupe::uuid_key;
+use crate::metrics::reject_reason;
 use crate::partition::PartitionState;
 use crate::{IngestError, IngestMetrics, Result};
 
@@ -130,11 +131,8 @@ fn plan_kind(
         .inc_by(fresh.duplicates);
     out.duplicates += fresh.duplicates;
 
+    count_rejects(metrics, kind.table(), &decoded.rejects);
     let rejected = collect_rejects(parts, &origin, &decoded.rejects, now_us, dead_letters);
-    metrics
-        .rejected
-        .with_label_values(&[kind.table()])
-        .inc_by(rejected);
     out.rejected += rejected;
 
     let txns = members
@@ -210,6 +208,17 @@ fn drop_retries(
         ids: fresh_ids,
         duplicates,
     })
+}
+
+/// Counts `rejects` by table and kind of reason (every reject, kept already or not, as
+/// `collect_rejects` does).
+fn count_rejects(metrics: &IngestMetrics, table: &str, rejects: &[Reject]) {
+    for reject in rejects {
+        metrics
+            .rejected
+            .with_label_values(&[table, reject_reason(&reject.reason)])
+            .inc();
+    }
 }
 
 /// Adds a dead letter per reject not kept yet, and the `dead_letters` offset update of each
