@@ -15,29 +15,17 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deltalake::Path;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::delta::layout::{lease_file, leases_dir};
 use crate::{EngineError, Result, Storage};
 
-/// The directory holding every job's leases.
-pub const LEASES_DIR: &str = "_strata/leases";
 /// Leases of this many slots before the current one are kept (to read who ran what); older
 /// ones are deleted by the holder of a new lease.
 pub const KEEP_SLOTS: u64 = 4;
-
-/// `_strata/leases/<job>` (belongs in `delta::layout` with the other paths under the root).
-pub fn leases_dir(job: &str) -> Path {
-    Path::from(format!("{LEASES_DIR}/{job}"))
-}
-
-/// `_strata/leases/<job>/<slot>.json` (belongs in `delta::layout` with the other paths).
-pub fn lease_file(job: &str, slot: u64) -> Path {
-    Path::from(format!("{LEASES_DIR}/{job}/{slot}.json"))
-}
 
 /// One interval of a job's schedule: the `number`-th interval since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,11 +1,12 @@
 //! Every table Strata owns, declared once: its role, schema, partitioning, how its files are
-//! written and which of its columns identify a person.
+//! written, which of its columns identify a person and how long it keeps its rows.
 //!
 //! ```text
 //! TABLES (raw events, dead letters, system)  +  ROLLUPS (derived, schema from their SQL)
 //!    |-> ensure_tables: the tables created at start
 //!    |-> subject_bearing(): what a GDPR purge rewrites, an export writes and verification counts
 //!    |-> identifier_columns(): what a request matches in each table
+//!    |-> retention_days: the default retention policy (maintenance::RetentionPolicy)
 //!    +-> person_id_columns(): what the ingest tombstone filter hashes
 //! ```
 //!
@@ -108,6 +109,9 @@ pub struct TableDecl {
     pub bloom_columns: &'static [&'static str],
     pub high_cardinality: &'static [&'static str],
     pub lz4: bool,
+    /// How many days of partitions the table keeps by default (None: kept for ever); what
+    /// the default [`crate::maintenance::RetentionPolicy`] holds, and configuration can change.
+    pub retention_days: Option<u32>,
 }
 
 impl TableDecl {
@@ -193,6 +197,7 @@ pub const LINK_CLICKS: TableDecl = TableDecl {
     bloom_columns: &["user_id", "anonymous_id"],
     high_cardinality: &["event_id", "target_url", "session_id"],
     lz4: false,
+    retention_days: Some(400),
 };
 
 pub const AI_USAGE: TableDecl = TableDecl {
@@ -220,6 +225,8 @@ pub const AI_USAGE: TableDecl = TableDecl {
     bloom_columns: &["user_id"],
     high_cardinality: &["event_id", "session_id"],
     lz4: false,
+    // 25 months, counted as 762 days (25 x 30.44, rounded up).
+    retention_days: Some(762),
 };
 
 pub const DEAD_LETTERS: TableDecl = TableDecl {
@@ -239,6 +246,7 @@ pub const DEAD_LETTERS: TableDecl = TableDecl {
     bloom_columns: &["key"],
     high_cardinality: &["payload"],
     lz4: false,
+    retention_days: Some(30),
 };
 
 /// One row per run of a background job (see `jobs.rs`).
@@ -253,6 +261,7 @@ pub const JOB_RUNS: TableDecl = TableDecl {
     bloom_columns: &[],
     high_cardinality: &["detail"],
     lz4: false,
+    retention_days: Some(90),
 };
 
 /// One row per GDPR request, the subject as its keyed hash (see `gdpr/audit.rs`).
@@ -267,6 +276,7 @@ pub const GDPR_AUDIT: TableDecl = TableDecl {
     bloom_columns: &[],
     high_cardinality: &["request_id", "subject_hash", "receipt"],
     lz4: false,
+    retention_days: None,
 };
 
 /// Keyed hashes of purged subjects (see `gdpr/tombstone.rs`).
@@ -281,6 +291,7 @@ pub const GDPR_TOMBSTONES: TableDecl = TableDecl {
     bloom_columns: &[],
     high_cardinality: &["subject_hash", "request_id"],
     lz4: false,
+    retention_days: None,
 };
 
 /// Every table with a declared schema, in creation order.
@@ -384,6 +395,8 @@ impl RollupSpec {
                 "item_id",
             ],
             lz4: true,
+            // Kept: a rollup holds no personal data, and its days outlive their source days.
+            retention_days: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! <root>/exports/<request id>/           a GDPR export (data files + manifest.json)
 //! <root>/_strata/gdpr/requests/<id>.json a durable GDPR request
 //! <root>/_strata/gdpr.key                the key that hashes subject ids in the audit log
+//! <root>/_strata/leases/<job>/<slot>.json  a scheduled job's lease of one slot (see `lease`)
 //! ```
 //!
 //! Paths are relative to the root (object-store paths); API answers and receipts name them this
@@ -24,6 +25,8 @@ pub const EXPORTS_DIR: &str = "exports";
 pub const GDPR_REQUESTS_DIR: &str = "_strata/gdpr/requests";
 /// The audit-hash key.
 pub const GDPR_KEY: &str = "_strata/gdpr.key";
+/// The directory holding every scheduled job's leases.
+pub const LEASES_DIR: &str = "_strata/leases";
 /// The file of an export that lists what it holds (and whose subject hash a purge looks for).
 pub const EXPORT_MANIFEST: &str = "manifest.json";
 
@@ -130,6 +133,16 @@ pub fn gdpr_key() -> Path {
     Path::from(GDPR_KEY)
 }
 
+/// `_strata/leases/<job>` (the directory listed to find a job's old leases).
+pub fn leases_dir(job: &str) -> Path {
+    Path::from(format!("{LEASES_DIR}/{job}"))
+}
+
+/// `_strata/leases/<job>/<slot>.json` (the lease of slot number `slot` of `job`).
+pub fn lease_file(job: &str, slot: u64) -> Path {
+    Path::from(format!("{LEASES_DIR}/{job}/{slot}.json"))
+}
+
 /// `.strata-probe-<token>`: the file written and deleted to prove the root is writable.
 pub fn probe_file(token: &str) -> Path {
     Path::from(format!(".strata-probe-{token}"))
@@ -161,6 +174,11 @@ mod tests {
         assert_eq!(table_url(&root, "t").as_str(), "s3://b/root/tables/t/");
         assert_eq!(gdpr_request("r1").as_ref(), "_strata/gdpr/requests/r1.json");
         assert_eq!(gdpr_key().as_ref(), "_strata/gdpr.key");
+        assert_eq!(leases_dir("compact").as_ref(), "_strata/leases/compact");
+        assert_eq!(
+            lease_file("compact", 12).as_ref(),
+            "_strata/leases/compact/12.json"
+        );
         assert_eq!(
             last_checkpoint_file("t").as_ref(),
             "tables/t/_delta_log/_last_checkpoint"

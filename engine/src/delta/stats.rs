@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Utc};
 use deltalake::{DeltaTable, Path};
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::{layout, log};
@@ -78,7 +77,7 @@ pub(crate) async fn health_of(
         );
         referenced.insert(layout::table_file(name, &path));
     }
-    let checkpoint_version = last_checkpoint(storage, name).await?;
+    let checkpoint_version = log::last_checkpoint(storage, name).await?;
     let unreferenced = unreferenced_files(storage, name, &referenced).await?;
     Ok(TableHealth {
         table: name.to_string(),
@@ -143,22 +142,6 @@ impl FileCensus {
     }
 }
 
-/// The version `_delta_log/_last_checkpoint` names (None when there is no checkpoint).
-async fn last_checkpoint(storage: &Storage, name: &str) -> Result<Option<u64>> {
-    let path = layout::last_checkpoint_file(name);
-    let bytes = match storage.store().get(&path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map_err(|e| EngineError::Internal(format!("reading {path}: {e}")))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(EngineError::Internal(format!("reading {path}: {e}"))),
-    };
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| EngineError::Internal(format!("{path} is not JSON: {e}")))?;
-    Ok(v.get("version").and_then(|v| v.as_u64()))
-}
-
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Unreferenced {
     files: u64,
@@ -166,7 +149,7 @@ struct Unreferenced {
 }
 
 /// The data files under `tables/<name>/` that `referenced` does not hold. The log directory
-/// and hidden or temporary entries (a name starting with `_` or `.`) are not data files.
+/// and hidden or temporary entries are not data files ([`layout::is_data_file`]).
 async fn unreferenced_files(
     storage: &Storage,
     name: &str,
@@ -181,13 +164,9 @@ async fn unreferenced_files(
         .map_err(|e| EngineError::Internal(format!("listing {dir}: {e}")))?;
     let mut out = Unreferenced::default();
     for entry in entries {
-        let hidden = entry
-            .location
-            .prefix_match(&dir)
-            .into_iter()
-            .flatten()
-            .any(|part| part.as_ref().starts_with('_') || part.as_ref().starts_with('.'));
-        if hidden || referenced.contains(&entry.location) {
+        let data =
+            layout::relative_to_table(name, &entry.location).is_some_and(layout::is_data_file);
+        if !data || referenced.contains(&entry.location) {
             continue;
         }
         out.files += 1;
@@ -199,6 +178,7 @@ async fn unreferenced_files(
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
+    use object_store::ObjectStoreExt;
 
     use super::*;
     use crate::jobs::{JobRun, JobRuns};

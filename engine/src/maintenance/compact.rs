@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
-use arrow::compute::{concat_batches, sort_to_indices, take};
+use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Add;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -358,12 +358,7 @@ fn sorted_by(batch: RecordBatch, column: &str) -> Result<RecordBatch> {
         return Ok(batch);
     };
     let idx = sort_to_indices(key, None, None)?;
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c, &idx, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+    Ok(take_record_batch(&batch, &idx)?)
 }
 
 /// Writes a bin's rows with the table's writer properties, rolling files at `target` bytes.

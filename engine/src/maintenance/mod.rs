@@ -33,7 +33,7 @@ use crate::registry::{self, TableDecl, TableSpec};
 use crate::{EngineError, Result, Storage};
 
 pub use compact::compact;
-pub use retention::{retention, RetentionPolicy, DEFAULT_RETENTION_DAYS};
+pub use retention::{retention, RetentionPolicy};
 pub use vacuum::vacuum;
 
 /// What one run of a maintenance job did to one table.

@@ -10,6 +10,9 @@
 //!   -> delete the files -> report (partitions, files, bytes, rows)
 //! ```
 //!
+//! The default windows are declared with each table, in the registry
+//! ([`crate::registry::TableDecl::retention_days`]).
+//!
 //! Rollup days whose source days expired are kept: the retention commit carries
 //! [`crate::delta::commit::RETENTION_MARKER`], which the log reader leaves out of the days a
 //! rollup recomputes. A full rollup rebuild recomputes from the source that is left, and so
@@ -24,20 +27,8 @@ use tracing::{debug, info};
 use super::{JobReport, MaintainedTable};
 use crate::delta::log::LiveFile;
 use crate::delta::{commit, layout};
-use crate::registry::{self, TableDecl, ROLLUPS};
+use crate::registry::{self, TableDecl};
 use crate::{EngineError, Result, Storage};
-
-/// The default retention of each table Strata owns, in days (None: kept for ever), keyed by
-/// the registry's table names; rollups are kept too (they hold no personal data). `ai_usage`
-/// keeps 25 months, counted as 762 days (25 x 30.44, rounded up).
-pub const DEFAULT_RETENTION_DAYS: &[(&str, Option<u32>)] = &[
-    (registry::LINK_CLICKS.name, Some(400)),
-    (registry::AI_USAGE.name, Some(762)),
-    (registry::DEAD_LETTERS.name, Some(30)),
-    (registry::JOB_RUNS.name, Some(90)),
-    (registry::GDPR_AUDIT.name, None),
-    (registry::GDPR_TOMBSTONES.name, None),
-];
 
 /// Commit attempts per table before giving up when other writers keep committing first.
 const MAX_ATTEMPTS: u32 = 10;
@@ -49,14 +40,12 @@ pub struct RetentionPolicy {
 }
 
 impl Default for RetentionPolicy {
+    /// Every table Strata owns with the window its registry declaration states
+    /// ([`TableDecl::retention_days`]; rollups are kept).
     fn default() -> Self {
-        let mut days: BTreeMap<String, Option<u32>> = DEFAULT_RETENTION_DAYS
-            .iter()
-            .map(|(name, d)| (name.to_string(), *d))
+        let days = registry::tables()
+            .map(|t| (t.name.to_string(), t.retention_days))
             .collect();
-        for r in ROLLUPS {
-            days.insert(r.name.to_string(), None);
-        }
         Self { days }
     }
 }
@@ -175,6 +164,7 @@ async fn delete_files(storage: &Storage, table: &str, files: &[LiveFile]) -> Res
 mod tests {
     use super::*;
     use crate::maintenance::test_support::*;
+    use crate::registry::ROLLUPS;
     use crate::{Catalog, RollupBuilder};
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use arrow::array::RecordBatch;
-use arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -248,10 +248,5 @@ fn sorted(spec: &TableSpec, batches: &[RecordBatch]) -> Result<RecordBatch> {
         })
         .collect::<Vec<_>>();
     let idx = lexsort_to_indices(&cols, None)?;
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c, &idx, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+    Ok(take_record_batch(&batch, &idx)?)
 }

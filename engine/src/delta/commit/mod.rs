@@ -4,15 +4,13 @@
 //! conflict retry, and checkpoints with the cleanup of expired log entries.
 //!
 //! ```text
-//! create_table ---------------------------------> version 0 (or the winner's, on a race)
-//! append (append.rs) ---txn offsets + marker----> fenced Write commit, files written once
-//! raise_txn (txn.rs) ---one txn, no files-------> the GDPR tombstone marker
-//! replace_partitions (replace.rs) --rewrite fence--> rollup overwrite of some partitions
-//! remove_and_add / commit_compaction / commit_expiry (rewrite.rs) --rewrite fence--> removes + adds
-//! checkpoint / clean_expired_log (maintenance.rs) --> _delta_log kept short
+//! mod.rs          create_table; the txn app ids and commitInfo markers; the rewrite fence
+//! append.rs       fenced append: offsets + tombstone marker as txn, files written once
+//! txn.rs          raise_txn: one txn, no files (the GDPR tombstone marker)
+//! replace.rs      rollup partition replace (rewrite fence)
+//! rewrite.rs      remove + add: purge rewrite, compaction, retention (rewrite fence)
+//! maintenance.rs  checkpoint, cleanup of expired log entries
 //! ```
-//!
-//! The `txn` app ids and `commitInfo` markers every commit shares are declared here.
 
 mod append;
 mod maintenance;

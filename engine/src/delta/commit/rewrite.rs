@@ -60,10 +60,10 @@ pub(crate) fn removal_of(file: &LiveFile, partition_column: &str, data_change: b
 /// Commits `removes` and `adds` of table `name` atomically, with `(key, value)` in the
 /// commit's `commitInfo`. No read predicate: appends landing meanwhile never conflict with
 /// it; a commit that removed a file it removes does, and so does any other commit carrying
-/// [`super::REWRITE_FENCE_APP_ID`] (a compaction, a retention run) that landed after `table` was
-/// loaded (delta-rs retries other conflicts up to 20 times). Returns the new version, or None
-/// when it lost such a conflict: nothing was committed, and the added files, nobody's, are
-/// deleted.
+/// [`super::REWRITE_FENCE_APP_ID`] (a compaction, a retention run) that landed after `table`
+/// was loaded (delta-rs retries other conflicts up to 20 times). Returns the new version, or
+/// None when it lost such a conflict: nothing was committed, and the added files, nobody's,
+/// are deleted.
 pub(crate) async fn remove_and_add(
     storage: &Storage,
     name: &str,
@@ -133,8 +133,8 @@ pub(crate) async fn commit_expiry(
 }
 
 /// One commit of `actions` built on the loaded state of `table`, fenced by
-/// [`super::REWRITE_FENCE_APP_ID`], with `(key, value)` in its `commitInfo`. None when it lost a
-/// conflict (nothing committed).
+/// [`super::REWRITE_FENCE_APP_ID`], with `(key, value)` in its `commitInfo`. None when it lost
+/// a conflict (nothing committed).
 async fn commit_rewrite(
     table: &DeltaTable,
     name: &str,
