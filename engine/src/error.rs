@@ -102,6 +102,26 @@ impl EngineError {
         }
     }
 
+    /// True when a data file a read named was deleted meanwhile (a purge, a retention run or a
+    /// vacuum between loading a snapshot and reading its files): the same work on a fresh
+    /// snapshot reads the files that replaced it.
+    pub fn is_missing_file(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(err) = cur {
+            if let Some(object_store::Error::NotFound { .. }) = err.downcast_ref() {
+                return true;
+            }
+            cur = err.source();
+        }
+        // Not every layer keeps its source: object_store's message says it.
+        let text = self.to_string();
+        matches!(
+            self,
+            Self::DataFusion(_) | Self::Delta(_) | Self::Internal(_)
+        ) && text.contains("Object at location")
+            && text.contains("not found")
+    }
+
     /// True when the caller, not the engine, must change something.
     pub fn is_user_error(&self) -> bool {
         matches!(

@@ -12,6 +12,7 @@
 //! lives at `<root>/tables/<name>` as a Delta Lake table.
 
 mod bounded;
+pub mod budget;
 mod cache;
 mod catalog;
 pub mod delta;

@@ -140,7 +140,13 @@ impl RollupBuilder {
                 continue;
             }
             let started = chrono::Utc::now();
-            let result = run_one(&self.catalog, spec, self.rebuild).await;
+            let mut result = run_one(&self.catalog, spec, self.rebuild).await;
+            if matches!(&result, Err(e) if e.is_missing_file()) {
+                // A purge, retention or vacuum deleted a file of the snapshot this run read:
+                // once more, on a fresh one.
+                let _ = self.catalog.refresh().await;
+                result = run_one(&self.catalog, spec, self.rebuild).await;
+            }
             if self.jobs {
                 let (status, detail) = match &result {
                     Ok(r) => ("ok", serde_json::to_string(r).unwrap_or_default()),

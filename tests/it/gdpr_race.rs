@@ -20,7 +20,7 @@ const SENTINEL: &str = "u-race-sentinel";
 /// The session of every event the race sends.
 const SESSION: &str = "s-race";
 
-fn ai_call(user: &str, occurred_at: chrono::DateTime<chrono::Utc>) -> String {
+pub fn ai_call(user: &str, occurred_at: chrono::DateTime<chrono::Utc>) -> String {
     json!({
         "schema_version": 1, "event_id": uuid::Uuid::new_v4().to_string(),
         "occurred_at": occurred_at.to_rfc3339(), "user_id": user, "session_id": SESSION,
@@ -32,7 +32,7 @@ fn ai_call(user: &str, occurred_at: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// Sends, retrying while the client's queue is full (it drains as the broker acknowledges).
-fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
+pub fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
     loop {
         match producer.send(BaseRecord::to(topic).key(key).payload(payload)) {
             Ok(()) => return,

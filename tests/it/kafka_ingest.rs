@@ -9,7 +9,7 @@ use strata_fixtures::{GenOptions, Generator};
 
 use crate::support::*;
 
-fn ingest(brokers: &str, root: &Path, group: &str, flush_rows: usize) -> std::process::Command {
+pub fn ingest(brokers: &str, root: &Path, group: &str, flush_rows: usize) -> std::process::Command {
     let mut cmd = strata();
     cmd.args([
         "ingest",
@@ -30,7 +30,7 @@ fn ingest(brokers: &str, root: &Path, group: &str, flush_rows: usize) -> std::pr
 }
 
 /// Waits until the tables hold every distinct good event and every malformed message.
-fn wait_complete(storage: &[String], summary: &Value) {
+pub fn wait_complete(storage: &[String], summary: &Value) {
     let want = int(summary, "link_clicks") + int(summary, "ai_usage") + int(summary, "malformed");
     wait_for("all events committed", Duration::from_secs(240), || {
         let n = |t: &str| {

@@ -19,4 +19,6 @@ mod kafka_ingest;
 mod maintenance;
 mod prometheus;
 mod s3;
+mod scale_out;
 mod scheduler;
+mod soak;

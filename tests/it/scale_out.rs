@@ -53,7 +53,10 @@ fn last_assignment(log: &Path) -> Option<BTreeSet<String>> {
     Some(
         line[start..end]
             .split("), (")
-            .map(|p| p.trim_matches(|c| c == '(' || c == ')').replace(['"', ' '], ""))
+            .map(|p| {
+                p.trim_matches(|c| c == '(' || c == ')')
+                    .replace(['"', ' '], "")
+            })
             .filter(|p| !p.is_empty())
             .map(|p| p.replace(',', "/"))
             .collect(),

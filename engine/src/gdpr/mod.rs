@@ -18,6 +18,7 @@
 
 mod audit;
 mod export;
+mod leftovers;
 mod lifecycle;
 mod marker;
 mod purge;

@@ -32,7 +32,7 @@ const PURGE_MARKER: &str = "strata-gdpr-purge";
 
 /// Scans and commits before giving up when other writers keep removing files the purge read
 /// (a compaction, another purge). Appends never conflict with the purge's commit.
-const MAX_ATTEMPTS: u32 = 5;
+const MAX_ATTEMPTS: u32 = 10;
 
 /// Purges `subject` from one raw table. The caller has committed the tombstone marker to it
 /// first: the scan starts from a snapshot loaded after the marker.
@@ -52,6 +52,10 @@ pub(super) async fn purge_table(
     report.files_vacuumed += vacuum_previous_purges(storage, spec.name).await?;
     for attempt in 1..=MAX_ATTEMPTS {
         if rewrite_table(storage, subject, spec, request_id, &mut report).await? {
+            // Copies the current version no longer references (a compaction's removed files
+            // before vacuum, a killed writer's leftovers) must not keep the subject either.
+            report.files_vacuumed +=
+                super::leftovers::delete_unreferenced_copies(storage, subject, spec).await?;
             report.elapsed_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
         }
@@ -60,6 +64,9 @@ pub(super) async fn purge_table(
             attempt,
             "purge commit conflicted with another writer; scanning again"
         );
+        // Let the other rewrite (a retention run, a compaction that had not seen the marker)
+        // finish its work before scanning again.
+        tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
     }
     Err(EngineError::Internal(format!(
         "purging {}: other writers kept changing the files the purge read ({MAX_ATTEMPTS} attempts)",
@@ -307,7 +314,7 @@ async fn inspect_file(
 /// has one. A column without a bloom filter (or the dead-letter payload, matched by
 /// containment) always needs a scan.
 #[allow(deprecated)]
-async fn may_hold(
+pub(super) async fn may_hold(
     builder: &mut ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
     columns: &[SubjectColumn<'_>],
 ) -> Result<bool> {

@@ -45,7 +45,7 @@ use tracing::{debug, info};
 
 use super::{CompactOptions, JobReport, MaintainedTable};
 use crate::delta::log::LiveFile;
-use crate::delta::{commit, layout};
+use crate::delta::{commit, layout, log};
 use crate::registry::TableSpec;
 use crate::writer::writer_properties;
 use crate::{EngineError, Result, Storage};
@@ -122,6 +122,8 @@ pub(crate) struct Compaction {
     table: MaintainedTable,
     opts: CompactOptions,
     pub(crate) bins: Vec<Bin>,
+    /// The GDPR tombstone marker's version when the bins were planned (see [`yields_to_purge`]).
+    marker: Option<i64>,
 }
 
 /// A bin rewritten: its new files, not committed yet.
@@ -137,6 +139,7 @@ pub(crate) struct WrittenCompaction {
     table: MaintainedTable,
     opts: CompactOptions,
     bins: Vec<WrittenBin>,
+    marker: Option<i64>,
 }
 
 impl Compaction {
@@ -150,11 +153,13 @@ impl Compaction {
             return Ok(None);
         };
         let bins = plan_bins(table.live_files()?, opts);
+        let marker = log::txn_version(&table.delta, commit::TOMBSTONE_MARKER_APP_ID).await?;
         Ok(Some(Self {
             storage: storage.clone(),
             table,
             opts: opts.clone(),
             bins,
+            marker,
         }))
     }
 
@@ -180,6 +185,7 @@ impl Compaction {
             table: self.table,
             opts: self.opts,
             bins: written,
+            marker: self.marker,
         })
     }
 }
@@ -191,6 +197,9 @@ impl WrittenCompaction {
         let name = self.table.name();
         for attempt in 1..=MAX_COMMIT_ATTEMPTS {
             self.table.delta.update_state().await?;
+            if self.yields_to_purge().await? {
+                return Ok(JobReport::new("compact", name));
+            }
             self.drop_stale_bins().await?;
             if self.bins.is_empty() {
                 return Ok(JobReport::new("compact", name));
@@ -230,6 +239,24 @@ impl WrittenCompaction {
         Err(EngineError::Internal(format!(
             "compacting {name}: other writers kept committing first ({MAX_COMMIT_ATTEMPTS} attempts)"
         )))
+    }
+
+    /// A purge started since the bins were planned (it raises the tombstone marker before it
+    /// scans): the compaction gives way, deletes what it wrote and commits nothing, so that a
+    /// purge never has to scan again because of it. The next slot compacts the purged files.
+    async fn yields_to_purge(&mut self) -> Result<bool> {
+        let now = log::txn_version(&self.table.delta, commit::TOMBSTONE_MARKER_APP_ID).await?;
+        if now == self.marker {
+            return Ok(false);
+        }
+        info!(
+            table = self.table.name(),
+            "a purge started during the compaction; compaction yields"
+        );
+        for b in std::mem::take(&mut self.bins) {
+            delete_outputs(&self.storage, self.table.name(), &b.adds).await?;
+        }
+        Ok(true)
     }
 
     /// Drops (and deletes the output of) every bin with a file the loaded version no longer
