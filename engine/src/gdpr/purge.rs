@@ -229,8 +229,7 @@ impl PurgeBuilder {
             done.timings.rollups += ms(step);
             pause_point("verify").await;
             let step = Instant::now();
-            catalog.refresh().await?;
-            done.verification = verify(&catalog, &self.subject).await?;
+            done.verification = verify_fresh(&catalog, &self.subject).await?;
             done.timings.verify += ms(step);
             if done.verification.iter().all(|(_, n)| *n == 0) {
                 break;
@@ -302,6 +301,19 @@ impl IntoFuture for PurgeBuilder {
 
 /// Rows of the subject left in each subject-bearing table of the registry (rollups and system
 /// tables hold no subject ids).
+/// [`verify`] on a freshly refreshed snapshot; again on a newer one when a file it read was
+/// deleted meanwhile (a retention run, a compaction's leftovers, another purge).
+async fn verify_fresh(catalog: &Catalog, subject: &Subject) -> Result<Vec<(String, i64)>> {
+    let mut tries = 0;
+    loop {
+        catalog.refresh().await?;
+        match verify(catalog, subject).await {
+            Err(e) if e.is_missing_file() && tries < 5 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
 async fn verify(catalog: &Catalog, subject: &Subject) -> Result<Vec<(String, i64)>> {
     let (snap, ctx) = catalog.context()?;
     let mut out = Vec::new();

@@ -89,7 +89,13 @@ async fn rewrite_table(
     }
     let files: Vec<String> = table.get_file_uris()?.collect();
     report.files_in_table = files.len();
-    let inspected = inspect_files(storage, &table, subject, spec, &files).await?;
+    let inspected = match inspect_files(storage, &table, subject, spec, &files).await {
+        Ok(inspected) => inspected,
+        // A rewrite (retention, compaction, another purge) removed and deleted a file of this
+        // snapshot while it was read: its commit would lose anyway; scan the new version.
+        Err(e) if e.is_missing_file() => return Ok(false),
+        Err(e) => return Err(e),
+    };
     let found = Rewrite::collect(spec, inspected);
     if found.removes.is_empty() {
         report.files_scanned += found.scanned;
