@@ -15,6 +15,7 @@ non-zero with a message on stderr.
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -83,9 +84,15 @@ def main(argv):
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 - report anything, then fail
         print(f"delta_read_check: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # No interpreter teardown: the native thread pools of deltalake/pyarrow can abort the
+    # process while they are destroyed ("terminate called without an active exception"),
+    # after the summary is out, which turned a good read into a failed one under load.
+    os._exit(code)
