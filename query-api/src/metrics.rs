@@ -12,6 +12,7 @@
 //! panel names, job names, table names), never from a raw path or a query, so that the number
 //! of series stays bounded whatever clients send. docs/operations/metrics.md lists them all.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
@@ -66,6 +67,9 @@ pub struct ApiMetrics {
     pub running: IntGauge,
     pub jobs: JobMetrics,
     pub tables: TableMetrics,
+    /// Commits this process makes to any table (rollups, purges, maintenance), by table and
+    /// operation: the engine's commit observer.
+    pub commits: Arc<CommitMetrics>,
 }
 
 impl ApiMetrics {
@@ -124,6 +128,7 @@ impl ApiMetrics {
             running,
             jobs: JobMetrics::new(registry)?,
             tables: TableMetrics::new(registry)?,
+            commits: Arc::new(CommitMetrics::new(registry)?),
         })
     }
 
@@ -173,6 +178,55 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// The scheduled jobs this server ran (the slots whose lease it held), by job.
+/// `strata_delta_commits_total`, `strata_delta_commit_conflicts_total` and
+/// `strata_delta_commit_duration_seconds`, by `table` and `operation` (both bounded: the
+/// registry's tables, the engine's commit operations).
+pub struct CommitMetrics {
+    commits: IntCounterVec,
+    conflicts: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl CommitMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let labels = &["table", "operation"];
+        Ok(Self {
+            commits: counter_vec(
+                registry,
+                "strata_delta_commits_total",
+                "Delta commits this process made, by table and operation (append, replace, purge, compaction, retention).",
+                labels,
+            )?,
+            conflicts: counter_vec(
+                registry,
+                "strata_delta_commit_conflicts_total",
+                "Delta commits of this process that lost a conflict with another writer (then retried or dropped), by table and operation.",
+                labels,
+            )?,
+            duration: histogram_vec(
+                registry,
+                "strata_delta_commit_duration_seconds",
+                "Duration of a Delta commit attempt that landed, by table and operation.",
+                labels,
+                &JOB_BUCKETS,
+            )?,
+        })
+    }
+}
+
+impl strata_engine::delta::CommitObserver for CommitMetrics {
+    fn committed(&self, table: &str, operation: &'static str, elapsed: std::time::Duration) {
+        self.commits.with_label_values(&[table, operation]).inc();
+        self.duration
+            .with_label_values(&[table, operation])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn conflicted(&self, table: &str, operation: &'static str) {
+        self.conflicts.with_label_values(&[table, operation]).inc();
+    }
+}
+
 pub struct JobMetrics {
     runs: IntCounterVec,
     failures: IntCounterVec,

@@ -155,6 +155,9 @@ impl Server {
             registry,
         )
         .map_err(|e| ServerError::State(Box::new(e)))?;
+        // This server's metrics hear of every commit the process makes (rollups, purges,
+        // maintenance); the first server of a process keeps them.
+        strata_engine::delta::set_commit_observer(state.metrics.commits.clone());
         let listener =
             TcpListener::bind(&config.listen)
                 .await

@@ -466,6 +466,32 @@ async fn ingest_jobs_and_a_purge_interleaved_count_every_event_once() {
         sent.subject,
         "the subject's messages: removed by the purge + dropped by ingest"
     );
+    // The server's metrics heard of the commits it made: the purge's rewrites, the rollups'
+    // partition replaces and the compactions, by table.
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (table, operation) in [
+        ("link_clicks", "purge"),
+        ("click_stats_daily", "replace"),
+        ("link_clicks", "compaction"),
+    ] {
+        let counted = metrics.lines().any(|l| {
+            l.starts_with("strata_delta_commits_total{")
+                && l.contains(&format!("table=\"{table}\""))
+                && l.contains(&format!("operation=\"{operation}\""))
+                && !l.ends_with(" 0")
+        });
+        assert!(
+            counted,
+            "no {operation} commit of {table} counted:\n{metrics}"
+        );
+    }
     let (status, _) = server.stop();
     assert!(status.success(), "strata serve exits 0 on SIGTERM");
 

@@ -12,3 +12,5 @@ pub(crate) mod commit;
 pub mod layout;
 pub(crate) mod log;
 pub mod stats;
+
+pub use commit::{set_commit_observer, CommitObserver, Operation as CommitOperation};

@@ -90,9 +90,11 @@ pub(crate) async fn append(
             pending.adds = Some(write_files(table, spec, batches, rows).await?);
         }
         let files = pending.adds.as_deref().unwrap_or_default();
+        let started = std::time::Instant::now();
         let committed = commit_adds(table, spec, files, &app_txns).await;
         match committed {
             Ok(version) => {
+                super::observe::committed(spec.name, "append", started);
                 let (files, bytes) = (files.len(), files.iter().map(|a| a.size).sum());
                 table.update_state().await?;
                 return Ok(RawAppend::Committed(AppendOutcome {
@@ -108,6 +110,7 @@ pub(crate) async fn append(
             // the marker app id conflict with each other too, hence the generous limit.
             Err(DeltaTableError::Transaction { source }) if retries < MAX_CONFLICT_RETRIES => {
                 debug!(table = spec.name, error = %source, "commit conflict, checking fences again");
+                super::observe::conflicted(spec.name, "append");
                 // Only a conflict proves that nothing was written; after any other
                 // failure the files may be part of a commit and are never deleted.
                 pending.uncertain |= !matches!(source, TransactionError::CommitConflict(_));

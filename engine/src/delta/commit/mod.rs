@@ -10,10 +10,12 @@
 //! replace.rs      rollup partition replace (rewrite fence)
 //! rewrite.rs      remove + add: purge rewrite, compaction, retention (rewrite fence)
 //! maintenance.rs  checkpoint, cleanup of expired log entries
+//! observe.rs      the process's commit observer (a server's metrics)
 //! ```
 
 mod append;
 mod maintenance;
+mod observe;
 mod replace;
 mod rewrite;
 mod txn;
@@ -31,6 +33,7 @@ use crate::{EngineError, Result, Storage};
 pub(crate) use append::append;
 pub use append::{AppendOutcome, RawAppend, TxnUpdate};
 pub(crate) use maintenance::{checkpoint, clean_expired_log};
+pub use observe::{set_commit_observer, CommitObserver, Operation};
 pub(crate) use replace::{replace_partitions, PartitionReplace};
 pub(crate) use rewrite::{commit_compaction, commit_expiry, removal, removal_of, remove_and_add};
 pub(crate) use txn::raise_txn;

@@ -63,11 +63,16 @@ pub(crate) async fn replace_partitions(
         if let Some(predicate) = &replace.replace_where {
             write = write.with_replace_where(predicate.clone());
         }
+        let started = std::time::Instant::now();
         match write.await {
-            Ok(written) => return Ok(written.version()),
+            Ok(written) => {
+                super::observe::committed(spec.name, "replace", started);
+                return Ok(written.version());
+            }
             Err(DeltaTableError::Transaction {
                 source: TransactionError::CommitConflict(e),
             }) if attempt < MAX_REPLACE_ATTEMPTS => {
+                super::observe::conflicted(spec.name, "replace");
                 table.update_state().await?;
                 let stored = log::txn_version(&table, &replace.app_id).await?;
                 if stored.is_some_and(|v| v >= replace.version) {

@@ -79,7 +79,7 @@ pub(crate) async fn remove_and_add(
     let mut actions: Vec<Action> = removes.iter().cloned().map(Action::Remove).collect();
     actions.extend(adds.into_iter().map(Action::Add));
     let operation = DeltaOperation::Delete { predicate: None };
-    let committed = commit_rewrite(table, name, actions, operation, commit_info).await?;
+    let committed = commit_rewrite(table, name, actions, operation, commit_info, "purge").await?;
     if committed.is_none() {
         for path in &added {
             match storage.store().delete(path).await {
@@ -115,7 +115,8 @@ pub(crate) async fn commit_compaction(
         predicate: None,
         target_size: i64::try_from(target_size).unwrap_or(i64::MAX),
     };
-    commit_rewrite(table, name, actions, operation, (COMPACTION_MARKER, name)).await
+    let info = (COMPACTION_MARKER, name);
+    commit_rewrite(table, name, actions, operation, info, "compaction").await
 }
 
 /// Commits the removal of expired files of table `name` (`removes`, whole partitions older
@@ -129,7 +130,8 @@ pub(crate) async fn commit_expiry(
 ) -> Result<Option<u64>> {
     let actions = removes.into_iter().map(Action::Remove).collect();
     let operation = DeltaOperation::Delete { predicate: None };
-    commit_rewrite(table, name, actions, operation, (RETENTION_MARKER, cutoff)).await
+    let info = (RETENTION_MARKER, cutoff);
+    commit_rewrite(table, name, actions, operation, info, "retention").await
 }
 
 /// One commit of `actions` built on the loaded state of `table`, fenced by
@@ -141,8 +143,10 @@ async fn commit_rewrite(
     actions: Vec<Action>,
     operation: DeltaOperation,
     commit_info: (&str, &str),
+    label: super::Operation,
 ) -> Result<Option<u64>> {
     let (key, value) = commit_info;
+    let started = std::time::Instant::now();
     let fence = rewrite_fence(table, Some(chrono::Utc::now().timestamp_millis()));
     let committed = CommitBuilder::from(
         CommitProperties::default()
@@ -157,11 +161,15 @@ async fn commit_rewrite(
     .build(Some(table.snapshot()?), table.log_store(), operation)
     .await;
     match committed {
-        Ok(c) => Ok(Some(c.version())),
+        Ok(c) => {
+            super::observe::committed(name, label, started);
+            Ok(Some(c.version()))
+        }
         Err(DeltaTableError::Transaction {
             source: TransactionError::CommitConflict(e),
         }) => {
             debug!(table = name, error = %e, "rewrite commit conflict");
+            super::observe::conflicted(name, label);
             Ok(None)
         }
         Err(e) => Err(e.into()),
