@@ -21,6 +21,7 @@ mod format;
 pub mod gdpr;
 mod jobs;
 pub mod lease;
+mod literal;
 pub mod maintenance;
 pub mod memory;
 mod panel;

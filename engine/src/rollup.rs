@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::delta::commit::{self, PartitionReplace};
 use crate::delta::log::changed_dates;
 use crate::jobs::{JobRun, JobRuns};
+use crate::literal::date_literal;
 use crate::registry::{RollupSpec, ROLLUPS};
 use crate::table::EventTable;
 use crate::{Catalog, EngineError, Result, Storage};
@@ -50,7 +51,7 @@ fn dates_predicate(dates: &BTreeSet<NaiveDate>) -> String {
     if dates.is_empty() {
         return "FALSE".into();
     }
-    let list: Vec<String> = dates.iter().map(|d| format!("DATE '{d}'")).collect();
+    let list: Vec<String> = dates.iter().map(|d| date_literal(*d)).collect();
     format!("event_date IN ({})", list.join(", "))
 }
 

@@ -120,13 +120,8 @@ pub(crate) async fn commit_files(
     version: u64,
 ) -> Result<Option<CommitFiles>> {
     let path = layout::commit_file(table, version);
-    let bytes = match storage.store().get(&path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map_err(|e| EngineError::Internal(format!("reading {path}: {e}")))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(EngineError::Internal(format!("reading {path}: {e}"))),
+    let Some(bytes) = read_if_exists(storage, &path).await? else {
+        return Ok(None);
     };
     let mut files = CommitFiles::default();
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -299,15 +294,47 @@ pub(crate) async fn tombstones(table: &DeltaTable) -> Result<HashMap<String, Opt
 /// log's `_last_checkpoint` pointer.
 pub(crate) async fn last_checkpoint(storage: &Storage, table: &str) -> Result<Option<u64>> {
     let path = layout::last_checkpoint_file(table);
-    let bytes = match storage.store().get(&path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map_err(|e| EngineError::Internal(format!("reading {path}: {e}")))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(EngineError::Internal(format!("reading {path}: {e}"))),
+    let Some(bytes) = read_if_exists(storage, &path).await? else {
+        return Ok(None);
     };
     let pointer: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| EngineError::Internal(format!("{path} is not JSON: {e}")))?;
     Ok(pointer.get("version").and_then(|v| v.as_u64()))
+}
+
+/// The bytes of the object at `path`; None when there is none.
+async fn read_if_exists(
+    storage: &Storage,
+    path: &object_store::path::Path,
+) -> Result<Option<bytes::Bytes>> {
+    match storage.store().get(path).await {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(|e| EngineError::Internal(format!("reading {path}: {e}"))),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(EngineError::Internal(format!("reading {path}: {e}"))),
+    }
+}
+
+/// The data files in storage under `tables/<name>/`, whether a version references them or
+/// not (the log directory and hidden or temporary entries are no data files:
+/// [`layout::is_data_file`]). What vacuum, table health and a purge's leftover check compare
+/// with the log.
+pub(crate) async fn stored_data_files(
+    storage: &Storage,
+    name: &str,
+) -> Result<Vec<object_store::ObjectMeta>> {
+    let dir = layout::table_dir(name);
+    let listed: Vec<object_store::ObjectMeta> = storage
+        .store()
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .map_err(|e| EngineError::Internal(format!("listing {dir}: {e}")))?;
+    Ok(listed
+        .into_iter()
+        .filter(|m| layout::relative_to_table(name, &m.location).is_some_and(layout::is_data_file))
+        .collect())
 }

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deltalake::{DeltaTable, Path};
-use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::{layout, log};
@@ -155,18 +154,9 @@ async fn unreferenced_files(
     name: &str,
     referenced: &HashSet<Path>,
 ) -> Result<Unreferenced> {
-    let dir = layout::table_dir(name);
-    let entries: Vec<_> = storage
-        .store()
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| EngineError::Internal(format!("listing {dir}: {e}")))?;
     let mut out = Unreferenced::default();
-    for entry in entries {
-        let data =
-            layout::relative_to_table(name, &entry.location).is_some_and(layout::is_data_file);
-        if !data || referenced.contains(&entry.location) {
+    for entry in log::stored_data_files(storage, name).await? {
+        if referenced.contains(&entry.location) {
             continue;
         }
         out.files += 1;

@@ -19,14 +19,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-#[allow(deprecated)]
-use parquet::arrow::async_reader::ParquetObjectReader;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
-use super::rewrite::may_hold;
+use super::rewrite::read_if_may_hold;
 use super::subject::Subject;
 use crate::delta::{layout, log};
 use crate::registry::TableSpec;
@@ -55,17 +50,12 @@ pub(super) async fn delete_unreferenced_copies(
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(ORPHAN_MIN_AGE).unwrap_or(chrono::Duration::zero());
     let store = storage.store();
-    let listed: Vec<object_store::ObjectMeta> = store
-        .list(Some(&layout::table_dir(spec.name)))
-        .try_collect()
-        .await
-        .map_err(|e| EngineError::Internal(format!("listing {}: {e}", spec.name)))?;
     let mut deleted = 0;
-    for meta in listed {
+    for meta in log::stored_data_files(storage, spec.name).await? {
         let Some(rel) = layout::relative_to_table(spec.name, &meta.location) else {
             continue;
         };
-        if !layout::is_data_file(rel) || live.contains(rel) {
+        if live.contains(rel) {
             continue;
         }
         let orphan = !removed.contains_key(rel);
@@ -102,30 +92,17 @@ async fn holds_subject(
     }
 }
 
-#[allow(deprecated)]
 async fn read_holds_subject(
     storage: &Storage,
     meta: &object_store::ObjectMeta,
     subject: &Subject,
     spec: &TableSpec,
 ) -> Result<bool> {
-    let failed =
-        |e: parquet::errors::ParquetError| EngineError::Internal(format!("{}: {e}", meta.location));
-    let reader = ParquetObjectReader::new(storage.store().clone(), meta.location.clone())
-        .with_file_size(meta.size);
-    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(failed)?;
     let columns = subject.columns(spec.name);
-    if !may_hold(&mut builder, &columns).await? {
+    let store = storage.store().clone();
+    let Some(batches) = read_if_may_hold(store, &meta.location, meta.size, &columns).await? else {
         return Ok(false);
-    }
-    let batches: Vec<RecordBatch> = builder
-        .build()
-        .map_err(failed)?
-        .try_collect()
-        .await
-        .map_err(failed)?;
+    };
     for b in &batches {
         if subject.matches(spec.name, b)?.true_count() > 0 {
             return Ok(true);

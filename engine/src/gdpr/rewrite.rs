@@ -282,19 +282,9 @@ async fn inspect_file(
         .head(&path)
         .await
         .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
-    let reader = ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(meta.size);
-    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
-    if !may_hold(&mut builder, columns).await? {
+    let Some(batches) = read_if_may_hold(store, &path, meta.size, columns).await? else {
         return Ok(None);
-    }
-    let batches: Vec<RecordBatch> = builder
-        .build()
-        .map_err(|e| EngineError::Internal(e.to_string()))?
-        .try_collect()
-        .await
-        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    };
     let (days, partition) = partition_value(&rel, spec.partition_column)?;
     let mut removed = 0;
     let mut kept = Vec::new();
@@ -316,11 +306,37 @@ async fn inspect_file(
     }))
 }
 
+/// The rows of the Parquet file at `path` (`size` bytes), or None when its bloom filters rule
+/// the subject out (see [`may_hold`]) and nothing is read past its footer.
+#[allow(deprecated)]
+pub(super) async fn read_if_may_hold(
+    store: Arc<dyn object_store::ObjectStore>,
+    path: &object_store::path::Path,
+    size: u64,
+    columns: &[SubjectColumn<'_>],
+) -> Result<Option<Vec<RecordBatch>>> {
+    let failed = |e: parquet::errors::ParquetError| EngineError::Internal(format!("{path}: {e}"));
+    let reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(failed)?;
+    if !may_hold(&mut builder, columns).await? {
+        return Ok(None);
+    }
+    let batches = builder
+        .build()
+        .map_err(failed)?
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    Ok(Some(batches))
+}
+
 /// False when the bloom filters of every row group rule the subject out for every column that
 /// has one. A column without a bloom filter (or the dead-letter payload, matched by
 /// containment) always needs a scan.
 #[allow(deprecated)]
-pub(super) async fn may_hold(
+async fn may_hold(
     builder: &mut ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
     columns: &[SubjectColumn<'_>],
 ) -> Result<bool> {

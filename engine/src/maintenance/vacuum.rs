@@ -24,7 +24,6 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use tracing::info;
@@ -96,13 +95,7 @@ async fn expired_files(
     cutoff_ms: i64,
 ) -> Result<Vec<ObjectMeta>> {
     let name = table.name();
-    let dir = layout::table_dir(name);
-    let listed: Vec<ObjectMeta> = storage
-        .store()
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| EngineError::Internal(format!("listing {dir}: {e}")))?;
+    let listed = log::stored_data_files(storage, name).await?;
     // After the listing: every file committed before it ended is referenced here.
     table.delta.update_state().await?;
     let referenced: HashSet<Path> = table
@@ -117,10 +110,7 @@ async fn expired_files(
         .collect();
     Ok(listed
         .into_iter()
-        .filter(|meta| {
-            layout::relative_to_table(name, &meta.location).is_some_and(layout::is_data_file)
-                && !referenced.contains(&meta.location)
-        })
+        .filter(|meta| !referenced.contains(&meta.location))
         .filter(|meta| {
             let since_ms = match removed_at.get(&meta.location) {
                 Some(Some(removed)) => *removed,

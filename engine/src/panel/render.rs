@@ -7,10 +7,9 @@
 //! backslash or comment in a value can end the literal, whatever the dialect's escaping rules.
 //! Dates and integers were validated ([`super::params`]) before they get here.
 
-use chrono::NaiveDate;
-
 use super::params::{self, PanelParams, ParamValue};
 use super::spec::Panel;
+use crate::literal::{date_literal, text_literal};
 
 /// Derived from the period: the first day of the previous period of the same length.
 const PREV_FROM: &str = "prev_from";
@@ -47,14 +46,10 @@ fn literal(p: &PanelParams, name: &str) -> Option<String> {
         return Some(date_literal(day));
     }
     Some(match p.value(spec.name)? {
-        ParamValue::Text(Some(s)) => format!("CAST(X'{}' AS VARCHAR)", hex::encode(s.as_bytes())),
+        ParamValue::Text(Some(s)) => text_literal(s),
         ParamValue::Text(None) => "CAST(NULL AS VARCHAR)".into(),
         ParamValue::Integer(n) => n.to_string(),
     })
-}
-
-fn date_literal(day: NaiveDate) -> String {
-    format!("DATE '{day}'")
 }
 
 /// Replaces each `{name}` of `sql` for which `value` has an answer, in one left-to-right pass;
