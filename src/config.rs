@@ -15,7 +15,9 @@ use clap::Args;
 use strata_engine::maintenance::RetentionPolicy;
 use strata_engine::StorageOptions;
 use strata_ingest::{IngestOptions, TopicBinding};
-use strata_query_api::{ApiLimits, Auth, HttpLimits, ServerConfig, TokenEntry};
+use strata_query_api::{
+    ApiLimits, Auth, HttpLimits, PgOptions, ServerConfig, TlsFiles, TokenEntry,
+};
 use strata_schemas::EventKind;
 
 pub use logging::{init_tracing, LogFormat};
@@ -206,6 +208,38 @@ pub struct MetricsConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// The AI budgets (docs/operations/ai-budgets.md).
+#[derive(Args, Debug, Clone)]
+pub struct BudgetsConfig {
+    /// AI budgets as a JSON array (the `[[budgets]]` sections of the configuration file
+    /// arrive here as such an array).
+    #[arg(
+        long,
+        env = "STRATA_BUDGETS",
+        value_name = "JSON",
+        hide_env_values = true
+    )]
+    pub budgets: Option<String>,
+}
+
+impl BudgetsConfig {
+    pub fn budgets(&self) -> anyhow::Result<Vec<strata_engine::budget::Budget>> {
+        match self.budgets.as_deref().map(str::trim) {
+            None | Some("") => Ok(Vec::new()),
+            Some(text) => parse_budgets(text),
+        }
+    }
+}
+
+/// Budgets from their JSON array, each checked (names, amounts, time zones, thresholds,
+/// webhooks); the error names the budget and the field.
+pub fn parse_budgets(text: &str) -> anyhow::Result<Vec<strata_engine::budget::Budget>> {
+    let budgets: Vec<strata_engine::budget::Budget> =
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("budgets: {e}"))?;
+    strata_engine::budget::validate_budgets(&budgets)?;
+    Ok(budgets)
+}
+
 /// How long each table keeps its rows (what retention removes).
 #[derive(Args, Debug, Clone)]
 pub struct RetentionConfig {
@@ -273,8 +307,23 @@ pub struct ApiConfig {
     /// Address the API and dashboard listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "STRATA_LISTEN", default_value = ServerConfig::DEFAULT_LISTEN)]
     pub listen: String,
+    /// Address the Postgres wire protocol listens on, for psql, DBeaver, Grafana and psycopg
+    /// (login: the token's name as user, the token as password). Off unless given; an address
+    /// other than loopback needs --pg-tls-cert and --pg-tls-key.
+    #[arg(long, env = "STRATA_PG_LISTEN")]
+    pub pg_listen: Option<String>,
+    /// PEM certificate chain of the Postgres listener's TLS.
+    #[arg(long, env = "STRATA_PG_TLS_CERT", requires = "pg_tls_key")]
+    pub pg_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the Postgres listener's TLS.
+    #[arg(long, env = "STRATA_PG_TLS_KEY", requires = "pg_tls_cert")]
+    pub pg_tls_key: Option<std::path::PathBuf>,
+    /// Address Arrow Flight SQL listens on (ADBC, JDBC's Flight SQL driver; bearer tokens).
+    /// Off unless given; plain gRPC, so loopback or behind a TLS proxy.
+    #[arg(long, env = "STRATA_FLIGHT_LISTEN")]
+    pub flight_listen: Option<String>,
     /// API token NAME:SCOPE[+SCOPE...]:SHA256_HEX (repeatable; make one with `strata token new`).
-    /// Scopes: panels, sql, gdpr, admin.
+    /// Scopes: panels, sql, gdpr, ai, admin.
     #[arg(long = "token", env = "STRATA_TOKENS", value_delimiter = ',')]
     pub tokens: Vec<String>,
     /// Requests per second each token may make on average (bursts of 4x are allowed).
@@ -396,6 +445,17 @@ impl ApiConfig {
     pub fn server(&self) -> ServerConfig {
         ServerConfig {
             listen: self.listen.clone(),
+            pg: self.pg_listen.clone().map(|listen| PgOptions {
+                listen,
+                tls: match (&self.pg_tls_cert, &self.pg_tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                },
+            }),
+            flight_listen: self.flight_listen.clone(),
             cache_bytes: self.cache_mb.max(1) << 20,
             rollup_every: every(self.rollup_interval_secs),
             compact_every: every(self.compact_interval_secs),
@@ -404,6 +464,7 @@ impl ApiConfig {
             table_health_every: every(self.table_health_interval_secs),
             maintenance: strata_engine::MaintenanceOptions::default(),
             limits: self.limits(),
+            budgets: Vec::new(),
         }
     }
 

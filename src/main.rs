@@ -41,6 +41,8 @@ enum Command {
     Vacuum(cmd::vacuum::VacuumArgs),
     /// Remove the partitions older than each table's retention window.
     Retention(cmd::retention::RetentionArgs),
+    /// The AI budgets now: spend, share, forecast, action and overrides of each.
+    Budgets(cmd::budgets::BudgetsArgs),
     /// GDPR/CCPA: export or purge one data subject.
     #[command(subcommand)]
     Gdpr(cmd::gdpr::GdprCommand),
@@ -82,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Command::Compact(a) => cmd::compact::run(a).await,
             Command::Vacuum(a) => cmd::vacuum::run(a).await,
             Command::Retention(a) => cmd::retention::run(a).await,
+            Command::Budgets(a) => cmd::budgets::run(a).await,
             Command::Config(c) => cmd::config::run(c),
             Command::Token(c) => cmd::token::run(c),
             Command::Gdpr(c) => cmd::gdpr::run(c).await,

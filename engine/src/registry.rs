@@ -264,6 +264,22 @@ pub const JOB_RUNS: TableDecl = TableDecl {
     retention_days: Some(90),
 };
 
+/// Overrides of AI budgets (`budget/overrides.rs`): who changed which budget, why, with whose
+/// approval and until when. Appended only, never rewritten: the audit trail of every change.
+pub const BUDGET_OVERRIDES: TableDecl = TableDecl {
+    name: "budget_overrides",
+    role: Role::System,
+    creation: Creation::AtStart,
+    schema: Some(budget_overrides_schema),
+    partition_column: "created_date",
+    sort_column: "created_at",
+    stats_columns: &["budget", "created_at", "expires_at"],
+    bloom_columns: &[],
+    high_cardinality: &["override_id", "reason"],
+    lz4: false,
+    retention_days: None,
+};
+
 /// One row per GDPR request, the subject as its keyed hash (see `gdpr/audit.rs`).
 pub const GDPR_AUDIT: TableDecl = TableDecl {
     name: "gdpr_audit",
@@ -302,6 +318,7 @@ pub const TABLES: &[TableDecl] = &[
     JOB_RUNS,
     GDPR_AUDIT,
     GDPR_TOMBSTONES,
+    BUDGET_OVERRIDES,
 ];
 
 /// One rollup: its table, its source and its SQL.
@@ -465,6 +482,27 @@ pub(crate) fn job_runs_schema() -> SchemaRef {
         Field::new("rows", DataType::Int64, false),
         Field::new("detail", DataType::Utf8, true),
         Field::new("run_date", DataType::Date32, false),
+    ]))
+}
+
+pub(crate) fn budget_overrides_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("override_id", DataType::Utf8, false),
+        Field::new("budget", DataType::Utf8, false),
+        Field::new(
+            "amount",
+            // The type of `ai_usage.cost_usd`: nano-dollars.
+            DataType::Decimal128(18, 9),
+            true,
+        ),
+        Field::new("suspend", DataType::Boolean, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("approver", DataType::Utf8, false),
+        Field::new("created_by", DataType::Utf8, false),
+        Field::new("created_at", ts.clone(), false),
+        Field::new("expires_at", ts, false),
+        Field::new("created_date", DataType::Date32, false),
     ]))
 }
 

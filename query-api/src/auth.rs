@@ -32,6 +32,8 @@ pub enum Scope {
     Panels,
     Sql,
     Gdpr,
+    /// Decisions and reservations of AI spend: the AI job runner's token.
+    Ai,
     Admin,
 }
 
@@ -41,6 +43,7 @@ impl Scope {
             Scope::Panels => "panels",
             Scope::Sql => "sql",
             Scope::Gdpr => "gdpr",
+            Scope::Ai => "ai",
             Scope::Admin => "admin",
         }
     }
@@ -53,9 +56,10 @@ impl FromStr for Scope {
             "panels" => Ok(Scope::Panels),
             "sql" => Ok(Scope::Sql),
             "gdpr" => Ok(Scope::Gdpr),
+            "ai" => Ok(Scope::Ai),
             "admin" => Ok(Scope::Admin),
             other => Err(format!(
-                "unknown scope `{other}`; scopes are panels, sql, gdpr, admin"
+                "unknown scope `{other}`; scopes are panels, sql, gdpr, ai, admin"
             )),
         }
     }
@@ -204,7 +208,9 @@ impl Auth {
         })
     }
 
-    fn take(&self, name: &str) -> Result<(), ApiError> {
+    /// Takes one request from token `name`'s bucket (a statement on a connection that logged
+    /// in with it).
+    pub(crate) fn take(&self, name: &str) -> Result<(), ApiError> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
         let bucket = buckets

@@ -28,6 +28,11 @@ pub enum ApiError {
         message: String,
     },
     NotFound(String),
+    /// The request is well-formed but the state refuses it (a hard budget without room).
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
     /// The query ran past its time limit.
     Timeout(String),
     /// The query hit its memory limit.
@@ -59,6 +64,7 @@ impl ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,7 +88,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
-            Self::BadRequest { code, .. } => code,
+            Self::BadRequest { code, .. } | Self::Conflict { code, .. } => code,
             Self::NotFound(_) => "not_found",
             Self::Timeout(_) => "query_timeout",
             Self::TooLarge(_) => "limit_exceeded",
@@ -102,7 +108,7 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> String {
+    pub fn message(&self) -> String {
         match self {
             Self::Unauthenticated(m)
             | Self::Forbidden(m)
@@ -113,7 +119,9 @@ impl ApiError {
             Self::RateLimited { retry_after_secs } => {
                 format!("too many requests; retry in {retry_after_secs} s")
             }
-            Self::BadRequest { message, .. } | Self::Overloaded { message, .. } => message.clone(),
+            Self::BadRequest { message, .. }
+            | Self::Conflict { message, .. }
+            | Self::Overloaded { message, .. } => message.clone(),
             Self::Engine(e) => e.to_string(),
             Self::Internal(m) => m.clone(),
         }

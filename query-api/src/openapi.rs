@@ -91,10 +91,10 @@ pub fn document(panels: &Panels) -> Value {
     panel_params.push(
         json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": { "type": "string" } }),
     );
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": { "title": "Strata API", "version": env!("CARGO_PKG_VERSION"),
-                  "description": "Panels, SQL over HTTP, health and metrics. Bearer tokens with scopes panels, sql, gdpr, admin." },
+                  "description": "Panels, SQL over HTTP, health and metrics. Bearer tokens with scopes panels, sql, gdpr, ai, admin." },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": { "Subject": { "type": "object", "required": ["subject"], "properties": {
@@ -140,6 +140,47 @@ pub fn document(panels: &Panels) -> Value {
                 "parameters": panel_params,
                 "responses": panel_responses } }
         }
+    });
+    if let (Some(paths), Value::Object(budgets)) = (doc["paths"].as_object_mut(), budget_paths()) {
+        paths.extend(budgets);
+    }
+    doc
+}
+
+/// The `/v1/ai/budgets` routes (docs/operations/ai-budgets.md has the shapes in full).
+fn budget_paths() -> Value {
+    let name =
+        json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    let call = |field: &str| {
+        json!({ "name": field, "in": "query", "required": false, "schema": { "type": "string" },
+        "description": "the call's field; left out, every budget filtering on it covers the call" })
+    };
+    json!({
+        "/v1/ai/budgets": { "get": { "summary": "Every AI budget: state in its current period, users, held reservations, overrides, alerts (scope panels)",
+            "responses": { "200": { "description": "{as_of, lag_ms, budgets: [...]}" } } } },
+        "/v1/ai/budgets/{name}": { "get": { "summary": "One AI budget (scope panels)", "parameters": [name.clone()],
+            "responses": { "200": { "description": "the budget" }, "404": { "description": "no such budget" } } } },
+        "/v1/ai/budgets/decision": { "get": { "summary": "What the AI job runner must do before its next batch, across every budget covering the call, answered from memory (scope ai)",
+            "parameters": [call("feature"), call("provider"), call("model"), call("user_id")],
+            "responses": { "200": { "description": "{action, allow, batch_percent, budget, reason, as_of, lag_ms}" },
+                "503": { "description": "the budgets are being read for the first time" } } } },
+        "/v1/ai/budgets/reservations": { "post": { "summary": "Hold a batch's estimated cost against the hard budgets covering it until its ai_usage events arrive or the ttl ends (scope ai)",
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["estimated_cost"], "properties": {
+                "estimated_cost": { "type": "string", "description": "USD as a decimal string" },
+                "feature": { "type": "string" }, "provider": { "type": "string" }, "model": { "type": "string" }, "user_id": { "type": "string" },
+                "job_id": { "type": "string" }, "batch_id": { "type": "string" },
+                "ttl_secs": { "type": "integer", "minimum": 1, "maximum": 3600, "default": 300 } } } } } },
+            "responses": { "201": { "description": "the reservation" }, "400": { "description": "bad body" },
+                "409": { "description": "a hard budget covering the call has no room (code budget_exhausted)" } } } },
+        "/v1/ai/budgets/reservations/{id}": { "delete": { "summary": "Release a reservation early (scope ai)",
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "204": { "description": "released" }, "404": { "description": "no such open reservation" } } } },
+        "/v1/ai/budgets/{name}/overrides": { "post": { "summary": "Override a budget: new amount or suspended blocking, with reason, approver and expiry; audited in budget_overrides (scope admin)",
+            "parameters": [name],
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["reason", "approver"], "properties": {
+                "amount": { "type": "string" }, "suspend": { "type": "boolean" }, "reason": { "type": "string" }, "approver": { "type": "string" },
+                "expires_at": { "type": "string", "format": "date-time" }, "ttl_secs": { "type": "integer" } } } } } },
+            "responses": { "201": { "description": "the override" }, "400": { "description": "what to fix" }, "404": { "description": "no such budget" } } } }
     })
 }
 

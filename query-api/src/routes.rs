@@ -16,6 +16,12 @@ pub const GDPR_EXPORTS: &str = "/v1/gdpr/exports";
 pub const GDPR_PURGES: &str = "/v1/gdpr/purges";
 pub const GDPR_REQUEST: &str = "/v1/gdpr/requests/{id}";
 pub const GDPR_EXPORT_FILE: &str = "/v1/gdpr/exports/{id}/files/{name}";
+pub const AI_BUDGETS: &str = "/v1/ai/budgets";
+pub const AI_BUDGET: &str = "/v1/ai/budgets/{name}";
+pub const AI_DECISION: &str = "/v1/ai/budgets/decision";
+pub const AI_RESERVATIONS: &str = "/v1/ai/budgets/reservations";
+pub const AI_RESERVATION: &str = "/v1/ai/budgets/reservations/{id}";
+pub const AI_OVERRIDES: &str = "/v1/ai/budgets/{name}/overrides";
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +50,14 @@ pub const ACCESS: &[(&str, Access)] = &[
     (GDPR_PURGES, Access::Token(Scope::Gdpr)),
     (GDPR_REQUEST, Access::Token(Scope::Gdpr)),
     (GDPR_EXPORT_FILE, Access::Token(Scope::Gdpr)),
+    // Budget states are what the dashboard shows; decisions and reservations are the AI job
+    // runner's; an override changes policy and is audited.
+    (AI_BUDGETS, Access::Token(Scope::Panels)),
+    (AI_BUDGET, Access::Token(Scope::Panels)),
+    (AI_DECISION, Access::Token(Scope::Ai)),
+    (AI_RESERVATIONS, Access::Token(Scope::Ai)),
+    (AI_RESERVATION, Access::Token(Scope::Ai)),
+    (AI_OVERRIDES, Access::Token(Scope::Admin)),
 ];
 
 /// The access of a matched route (`None`: no route matched, the answer is a 404). A route
@@ -75,7 +89,7 @@ mod tests {
     #[test]
     fn every_route_has_its_access_in_the_table() {
         let routes = declared_routes();
-        assert_eq!(routes.len(), 14, "{routes:?}");
+        assert_eq!(routes.len(), 20, "{routes:?}");
         for route in &routes {
             assert!(
                 ACCESS.iter().any(|(path, _)| path == route),
@@ -92,6 +106,10 @@ mod tests {
         assert_eq!(access(Some(PANEL)), Access::Token(Scope::Panels));
         assert_eq!(access(Some(TABLES)), Access::Token(Scope::Panels));
         assert_eq!(access(Some(GDPR_EXPORT_FILE)), Access::Token(Scope::Gdpr));
+        assert_eq!(access(Some(AI_BUDGET)), Access::Token(Scope::Panels));
+        assert_eq!(access(Some(AI_DECISION)), Access::Token(Scope::Ai));
+        assert_eq!(access(Some(AI_RESERVATIONS)), Access::Token(Scope::Ai));
+        assert_eq!(access(Some(AI_OVERRIDES)), Access::Token(Scope::Admin));
         assert_eq!(access(Some(HEALTHZ)), Access::Public);
         assert_eq!(access(Some(METRICS)), Access::Public);
         assert_eq!(access(None), Access::Public);

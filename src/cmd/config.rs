@@ -14,8 +14,8 @@ use crate::config::file::{self, FileLayer, RETENTION_FOREVER};
 use crate::config::keys::{self, Key, Kind, KEYS};
 use crate::config::logging::DEFAULT_LOG_FILTER;
 use crate::config::{
-    ingest_options, ApiConfig, FlushConfig, KafkaConfig, MetricsConfig, RetentionConfig,
-    StorageConfig,
+    ingest_options, ApiConfig, BudgetsConfig, FlushConfig, KafkaConfig, MetricsConfig,
+    RetentionConfig, StorageConfig,
 };
 
 #[derive(Subcommand, Debug)]
@@ -41,6 +41,8 @@ pub struct CheckArgs {
     pub api: ApiConfig,
     #[command(flatten)]
     pub retention: RetentionConfig,
+    #[command(flatten)]
+    pub budgets: BudgetsConfig,
 }
 
 pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
@@ -55,6 +57,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
     ingest_options(&args.kafka, &args.flush)?;
     args.api.auth()?;
     args.retention.policy()?;
+    args.budgets.budgets()?;
     // The parsed struct has the values; the matches also know where each came from.
     let top = crate::Cli::command().try_get_matches_from(std::env::args_os())?;
     let check = top
@@ -397,6 +400,7 @@ mod tests {
             }
             let key = KEYS
                 .iter()
+                .chain([&keys::BUDGETS])
                 .find(|k| k.arg == Some(id))
                 .unwrap_or_else(|| panic!("--{id} has no key in config/keys.rs"));
             assert_eq!(

@@ -1,5 +1,13 @@
 //! `strata demo`: an embedded broker, a live producer, the ingest and the server in one
 //! process, stopped together by Ctrl-C or `--duration-secs`.
+//!
+//! ```text
+//! producer thread (Generator, live) --> embedded broker --> ingest --> root <-- server (API, dashboard)
+//!   + `demo_assistant` calls at --ai-spend-per-min       budget `demo-assistant` (4 minutes of it)
+//! ```
+//!
+//! The demo's AI spend is steady, so its budget crosses 75% after 3 minutes, 90% after 3.6
+//! and stops at 4: a newcomer sees the states and the decision change.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,17 +19,22 @@ use clap::Args;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use strata_benches::kafka;
+use strata_engine::budget::{self, Budget, Money, Period, PeriodKind, Tz};
 use strata_engine::{RollupBuilder, SqlSession, Storage};
-use strata_fixtures::{GenOptions, Generator};
+use strata_fixtures::{GenOptions, Generator, DEMO_FEATURE};
 use strata_ingest::{IngestMetrics, IngestOptions, IngestReport};
 use strata_query_api::{new_token, ApiLimits, Scope, Server, ServerConfig};
 use strata_schemas::EventKind;
 use tokio::sync::watch;
 
-use crate::config::{shutdown_signal, token_auth, StorageConfig};
+use crate::config::{shutdown_signal, token_auth, BudgetsConfig, StorageConfig};
 
 /// Memory for the demo server's cached results, in MiB.
 const DEMO_CACHE_MB: usize = 128;
+/// The name of the demo's budget.
+pub const DEMO_BUDGET: &str = "demo-assistant";
+/// The demo budget's amount, in minutes of the demo's AI spend.
+const DEMO_BUDGET_MINUTES: i128 = 4;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -41,14 +54,55 @@ pub struct DemoArgs {
     /// Seconds between rollup runs.
     #[arg(long, default_value_t = 5)]
     pub rollup_interval_secs: u64,
+    /// USD a minute (an exact decimal such as 2.50) that the producer's `demo_assistant` calls
+    /// spend; the demo budget `demo-assistant` holds four minutes of it. 0: neither.
+    #[arg(
+        long,
+        env = "STRATA_DEMO_AI_SPEND_PER_MIN",
+        default_value = "2.50",
+        value_parser = Money::parse
+    )]
+    pub ai_spend_per_min: Money,
+    // Budgets served next to the demo's own (--budgets, STRATA_BUDGETS).
+    #[command(flatten)]
+    pub budgets: BudgetsConfig,
+}
+
+/// The demo's budget over the `demo_assistant` calls its producer makes at `per_min` USD a
+/// minute: `demo-assistant`, a hard day of UTC with the default thresholds, of four minutes of
+/// that spend (75% after 3 minutes, 90% after 3.6, stop at 4).
+pub fn demo_budget(per_min: Money) -> Budget {
+    let mut b = Budget::new(
+        DEMO_BUDGET,
+        per_min.saturating_mul_div(DEMO_BUDGET_MINUTES, 1),
+    );
+    b.scope = budget::Scope {
+        feature: Some(DEMO_FEATURE.to_string()),
+        ..budget::Scope::default()
+    };
+    b.period = Period::new(PeriodKind::Day, Tz::UTC);
+    b
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let storage = Storage::open(&args.storage.options()?).await?;
+    let spend_per_min =
+        u64::try_from(args.ai_spend_per_min.nanos()).context("--ai-spend-per-min is too large")?;
+    let demo = args
+        .ai_spend_per_min
+        .is_positive()
+        .then(|| demo_budget(args.ai_spend_per_min));
     let broker = EmbeddedBroker::start()?;
     let brokers = broker.bootstrap_servers.clone();
-    let (server, token) = start_server(&storage, &args).await?;
-    announce(&brokers, &storage, args.rate, server.addr, &token);
+    let (server, token) = start_server(&storage, &args, demo.as_ref()).await?;
+    announce(
+        &brokers,
+        &storage,
+        args.rate,
+        server.addr,
+        &token,
+        demo.as_ref(),
+    );
 
     // One stop signal for the producer, the ingest and the server.
     let stop_rx = stop_signal(args.duration_secs.map(Duration::from_secs));
@@ -56,7 +110,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let producer = {
         let (stop, brokers, rate, seed) =
             (stop.clone(), brokers.clone(), args.rate.max(1), args.seed);
-        std::thread::spawn(move || produce_live(&brokers, rate, seed, &stop))
+        std::thread::spawn(move || produce_live(&brokers, rate, seed, spend_per_min, &stop))
     };
     let catalog = server.catalog.clone();
     let serving = tokio::spawn(server.run(stopped(stop_rx.clone())));
@@ -103,10 +157,15 @@ impl EmbeddedBroker {
     }
 }
 
-/// The API and dashboard, with a fresh token for this run; returns the server and the token.
-async fn start_server(storage: &Storage, args: &DemoArgs) -> anyhow::Result<(Server, String)> {
-    let (token, line) = new_token("demo", &[Scope::Panels, Scope::Sql]);
-    let config = ServerConfig {
+/// The API and dashboard with the demo budget (and any configured ones), and a fresh token for
+/// this run; returns the server and the token.
+async fn start_server(
+    storage: &Storage,
+    args: &DemoArgs,
+    demo: Option<&Budget>,
+) -> anyhow::Result<(Server, String)> {
+    let (token, line) = new_token("demo", &[Scope::Panels, Scope::Sql, Scope::Ai]);
+    let mut config = ServerConfig {
         listen: args.listen.clone(),
         cache_bytes: DEMO_CACHE_MB << 20,
         rollup_every: (args.rollup_interval_secs > 0)
@@ -114,20 +173,59 @@ async fn start_server(storage: &Storage, args: &DemoArgs) -> anyhow::Result<(Ser
         limits: ApiLimits::default(),
         ..ServerConfig::default()
     };
+    // A configured budget named like the demo's is refused as declared twice.
+    config.budgets = demo.into_iter().cloned().collect();
+    config.budgets.extend(args.budgets.budgets()?);
+    budget::validate_budgets(&config.budgets)?;
     let auth = token_auth(&[line], ServerConfig::DEFAULT_TOKEN_RATE_PER_SEC)?;
     let server = Server::start(storage, &config, auth).await?;
     Ok((server, token))
 }
 
-fn announce(brokers: &str, storage: &Storage, rate: u64, addr: SocketAddr, token: &str) {
+fn announce(
+    brokers: &str,
+    storage: &Storage,
+    rate: u64,
+    addr: SocketAddr,
+    token: &str,
+    demo: Option<&Budget>,
+) {
     eprintln!(
         "strata demo: embedded Kafka at {brokers}, storage root {}",
         storage.root()
     );
     eprintln!("strata demo: producing ~{rate} events/s; Ctrl-C stops and commits what is buffered");
     eprintln!("strata demo: dashboard at http://{addr}/#token={token}");
-    eprintln!("strata demo: API token (scopes panels, sql): {token}");
+    eprintln!("strata demo: API token (scopes panels, sql, ai): {token}");
     eprintln!("strata demo: try  curl -H 'Authorization: Bearer {token}' 'http://{addr}/v1/panels/overview'");
+    if let Some(b) = demo {
+        announce_budget(b, addr, token);
+    }
+}
+
+/// What the demo budget will do and when, and where to watch it.
+fn announce_budget(b: &Budget, addr: SocketAddr, token: &str) {
+    let per_min = b.amount.saturating_mul_div(1, DEMO_BUDGET_MINUTES);
+    let steps: Vec<String> = b
+        .thresholds
+        .iter()
+        .map(|t| {
+            let minutes = DEMO_BUDGET_MINUTES as f64 * f64::from(t.percent) / 100.0;
+            format!("{}% {} after {minutes:.1} min", t.percent, t.action)
+        })
+        .collect();
+    eprintln!(
+        "strata demo: AI budget `{}`: feature {DEMO_FEATURE} spends ${per_min}/min against ${} a day (UTC, hard): {}; spend of earlier runs today counts too",
+        b.name,
+        b.amount,
+        steps.join(", ")
+    );
+    eprintln!(
+        "strata demo: watch it in the dashboard's budget panel, at http://{addr}/v1/ai/budgets, and in the decision the AI job runner gets:"
+    );
+    eprintln!(
+        "strata demo:   curl -H 'Authorization: Bearer {token}' 'http://{addr}/v1/ai/budgets/decision?feature={DEMO_FEATURE}'"
+    );
 }
 
 /// Turns true on SIGINT, SIGTERM or after `deadline`.
@@ -198,13 +296,21 @@ async fn counts(storage: &Storage) -> anyhow::Result<String> {
     Ok(parts.join(" "))
 }
 
-/// Produces live events at `rate` per second, with a 3x burst for 2 s every 15 s.
-fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
+/// Produces live events at `rate` per second, with a 3x burst for 2 s every 15 s, and the
+/// demo's `demo_assistant` calls at `demo_spend_per_min` nano-dollars a minute.
+fn produce_live(
+    brokers: &str,
+    rate: u64,
+    seed: u64,
+    demo_spend_per_min: u64,
+    stop: &AtomicBool,
+) -> anyhow::Result<u64> {
     let (producer, counts) = kafka::producer(brokers)?;
     let mut generator = Generator::new(GenOptions {
         seed,
         live: true,
         events: u64::MAX,
+        demo_spend_per_min,
         ..GenOptions::default()
     });
     let started = Instant::now();
@@ -226,4 +332,27 @@ fn produce_live(brokers: &str, rate: u64, seed: u64, stop: &AtomicBool) -> anyho
     }
     kafka::finish(&producer, &counts)?;
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_budget_holds_four_minutes_of_spend_on_its_feature() {
+        let b = demo_budget(Money::parse("2.50").unwrap());
+        b.validate().unwrap();
+        assert_eq!(b.name, "demo-assistant");
+        assert_eq!(b.amount, Money::from_dollars(10));
+        assert_eq!(b.scope.feature.as_deref(), Some("demo_assistant"));
+        assert!(b.scope.provider.is_none() && b.scope.model.is_none() && !b.scope.per_user);
+        assert_eq!(b.period.kind, PeriodKind::Day);
+        assert_eq!(b.period.tz, Tz::UTC);
+        assert!(b.hard);
+        let percents: Vec<u32> = b.thresholds.iter().map(|t| t.percent).collect();
+        assert_eq!(percents, [75, 90, 100]);
+        // An odd rate stays exact: 4 x 1.000000001 = 4.000000004.
+        let odd = demo_budget(Money::parse("1.000000001").unwrap());
+        assert_eq!(odd.amount, Money::parse("4.000000004").unwrap());
+    }
 }

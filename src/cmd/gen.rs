@@ -1,11 +1,20 @@
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+//! `strata gen`: generated messages (or the messages of a file, replayed) to a JSON-lines
+//! file, to Kafka, or straight into the tables of a storage root.
+//!
+//! ```text
+//! Generator(seed)  --+                 +--> --out FILE (JSON lines)
+//!                    +--> messages --> +--> --kafka BROKERS (topic per kind)
+//! --from FILE -------+                 +--> --storage-url URL (decode -> Parquet -> Delta)
+//! ```
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
 use strata_benches::kafka;
-use strata_fixtures::{GenOptions, Generator};
+use strata_fixtures::{GenOptions, GenSummary, Generator, Message};
 use strata_schemas::EventKind;
 
 use crate::config::TopicConfig;
@@ -31,6 +40,15 @@ pub struct GenArgs {
     /// Share of events sent twice (producer retry).
     #[arg(long, default_value_t = GenOptions::default().duplicate_rate)]
     pub duplicate_rate: f64,
+    /// Replay the messages of this JSON-lines file (as --out writes them: one
+    /// {"kind":"ai_usage"|"link_click","key":..,"payload":"<event JSON>"} a line) instead of
+    /// generating; needs --storage-url, --kafka or --out.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["seed", "events", "days", "end_date", "malformed_rate", "duplicate_rate"]
+    )]
+    pub from: Option<PathBuf>,
     /// Write JSON lines {"kind","key","payload",...} to this file.
     #[arg(long, conflicts_with = "kafka")]
     pub out: Option<PathBuf>,
@@ -79,28 +97,74 @@ impl GenArgs {
     }
 }
 
+/// Messages on their way to a sink; a replayed file's line that is no message is an error.
+type Source = Box<dyn Iterator<Item = anyhow::Result<Message>> + Send>;
+
 pub async fn run(args: GenArgs) -> anyhow::Result<()> {
-    let mut generator = Generator::new(args.options());
-    let mut progress = Progress::new("gen", args.events);
+    let (source, total): (Source, u64) = match &args.from {
+        Some(path) => {
+            anyhow::ensure!(
+                args.storage_url.is_some() || args.kafka.is_some() || args.out.is_some(),
+                "--from replays messages into --storage-url, --kafka or --out; name one of them"
+            );
+            // The number of messages is not known before the file is read.
+            (Box::new(read_jsonl(path)?) as Source, 0)
+        }
+        None => {
+            let generated = Generator::new(args.options()).map(Ok::<Message, anyhow::Error>);
+            (Box::new(generated) as Source, args.events)
+        }
+    };
+    let mut summary = GenSummary::default();
+    let mut messages = source.inspect(|m| {
+        if let Ok(m) = m {
+            summary.count(m);
+        }
+    });
+    let mut progress = Progress::new("gen", total);
     if let Some(url) = &args.storage_url {
-        write_to_storage(url, &mut generator, &mut progress).await?;
+        write_to_storage(url, &mut messages, &mut progress).await?;
     } else if let Some(brokers) = &args.kafka {
-        produce_to_kafka(brokers, &args, &mut generator, &mut progress).await?;
+        produce_to_kafka(brokers, &args, &mut messages, &mut progress).await?;
     } else {
         let path = args
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("events.jsonl"));
-        write_jsonl(&path, &mut generator, &mut progress)?;
+        write_jsonl(&path, &mut messages, &mut progress)?;
     }
-    println!("{}", serde_json::to_string(generator.summary())?);
+    drop(messages);
+    println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+/// The messages of a JSON-lines file, one a line (blank lines skipped), read as they are sent.
+fn read_jsonl(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Message>> + Send> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let shown = path.display().to_string();
+    let lines = BufReader::new(file).lines().enumerate();
+    Ok(lines.filter_map(move |(i, line)| {
+        let line = match line.with_context(|| format!("reading {shown}")) {
+            Ok(line) => line,
+            Err(e) => return Some(Err(e)),
+        };
+        if line.trim().is_empty() {
+            return None;
+        }
+        // The error says where and what is wrong, never the line itself (it holds an event).
+        Some(serde_json::from_str::<Message>(&line).with_context(|| {
+            format!(
+                "{shown} line {}: not a message {{\"kind\":\"ai_usage\"|\"link_click\",\"key\":..,\"payload\":\"..\"}}",
+                i + 1
+            )
+        }))
+    }))
 }
 
 /// Through the ingest's decode -> Parquet -> Delta commit path, in chunks, without a broker.
 async fn write_to_storage(
     url: &str,
-    generator: &mut Generator,
+    messages: &mut impl Iterator<Item = anyhow::Result<Message>>,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let storage = strata_engine::Storage::open_url(url).await?;
@@ -108,7 +172,10 @@ async fn write_to_storage(
     let metrics = strata_ingest::IngestMetrics::new(&registry)?;
     const CHUNK: usize = 500_000;
     loop {
-        let chunk: Vec<_> = generator.by_ref().take(CHUNK).collect();
+        let chunk = messages
+            .by_ref()
+            .take(CHUNK)
+            .collect::<anyhow::Result<Vec<Message>>>()?;
         if chunk.is_empty() {
             break;
         }
@@ -124,7 +191,7 @@ async fn write_to_storage(
 async fn produce_to_kafka(
     brokers: &str,
     args: &GenArgs,
-    generator: &mut Generator,
+    messages: &mut impl Iterator<Item = anyhow::Result<Message>>,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let topics = &args.topics;
@@ -137,7 +204,8 @@ async fn produce_to_kafka(
         .await?;
     }
     let (producer, counts) = kafka::producer(brokers)?;
-    for m in generator.by_ref() {
+    for m in messages {
+        let m = m?;
         kafka::send(
             &producer,
             topics.topic_of(EventKind::from(m.kind)),
@@ -155,14 +223,15 @@ async fn produce_to_kafka(
 
 /// One JSON object per line: {"kind","key","payload",...}.
 fn write_jsonl(
-    path: &std::path::Path,
-    generator: &mut Generator,
+    path: &Path,
+    messages: &mut impl Iterator<Item = anyhow::Result<Message>>,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = BufWriter::new(file);
-    for m in generator.by_ref() {
+    for m in messages {
+        let m = m?;
         serde_json::to_writer(&mut w, &m)?;
         w.write_all(b"\n")?;
         if !m.malformed && !m.retry {

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod budgets;
 pub mod compact;
 pub mod config;
 pub mod demo;

@@ -13,7 +13,7 @@ pub struct NewArgs {
     /// A name for the token (shown in logs and 403 messages).
     #[arg(long, default_value = "default")]
     pub name: String,
-    /// Scopes: panels, sql, gdpr, admin (comma-separated).
+    /// Scopes: panels, sql, gdpr, ai, admin (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "panels")]
     pub scopes: Vec<String>,
 }

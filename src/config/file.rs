@@ -108,6 +108,14 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<FileValue>> {
     let sections = keys::sections();
     let mut values = Vec::new();
     for (section, item) in doc.iter() {
+        if section == keys::BUDGETS.section {
+            let value = budgets_json(item).map_err(|e| anyhow!("{origin}: {e}"))?;
+            values.push(FileValue {
+                key: &keys::BUDGETS,
+                value,
+            });
+            continue;
+        }
         if !sections.contains(&section) {
             bail!(
                 "{origin}: {}",
@@ -134,6 +142,64 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<FileValue>> {
         }
     }
     Ok(values)
+}
+
+/// The `[[budgets]]` array of tables as the JSON array `STRATA_BUDGETS` carries, checked the
+/// way the server will read it (every field, time zone and threshold), so that a bad budget
+/// stops the process at start with the budget's name in the message.
+fn budgets_json(item: &Item) -> anyhow::Result<String> {
+    let Some(tables) = item.as_array_of_tables() else {
+        bail!(
+            "budgets must be an array of tables ([[budgets]] sections), not {}",
+            describe(item)
+        );
+    };
+    let list: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|t| table_json(t))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!("budgets: {e}"))?;
+    let text = serde_json::Value::Array(list).to_string();
+    crate::config::parse_budgets(&text)?;
+    Ok(text)
+}
+
+fn table_json(table: &dyn TableLike) -> Result<serde_json::Value, String> {
+    let mut map = serde_json::Map::new();
+    for (k, item) in table.iter() {
+        map.insert(k.to_string(), item_json(item)?);
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+fn item_json(item: &Item) -> Result<serde_json::Value, String> {
+    if let Some(v) = item.as_value() {
+        return value_json(v);
+    }
+    if let Some(t) = item.as_table_like() {
+        return table_json(t);
+    }
+    if let Some(a) = item.as_array_of_tables() {
+        return a
+            .iter()
+            .map(|t| table_json(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map(serde_json::Value::Array);
+    }
+    Err(format!("{} is not a value", item.type_name()))
+}
+
+fn value_json(v: &toml_edit::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        toml_edit::Value::String(s) => J::String(s.value().clone()),
+        toml_edit::Value::Integer(i) => J::from(*i.value()),
+        toml_edit::Value::Float(f) => J::from(*f.value()),
+        toml_edit::Value::Boolean(b) => J::Bool(*b.value()),
+        toml_edit::Value::Datetime(d) => J::String(d.value().to_string()),
+        toml_edit::Value::Array(a) => J::Array(a.iter().map(value_json).collect::<Result<_, _>>()?),
+        toml_edit::Value::InlineTable(t) => table_json(t)?,
+    })
 }
 
 /// `unknown key PREFIX+NAME`, with the closest known name when there is one.

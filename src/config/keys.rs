@@ -115,6 +115,18 @@ pub const LOG_FORMATS: &[&str] = &["text", "json"];
 /// The variable of the log filter, which is not a flag.
 pub const LOG_FILTER_ENV: &str = "STRATA_LOG";
 
+/// The `[[budgets]]` array of tables: not one value of a section but a list of budgets, which
+/// reaches `--budgets` as one JSON array in `STRATA_BUDGETS` (webhook secrets inside: never
+/// printed).
+pub static BUDGETS: Key = Key {
+    section: "budgets",
+    name: "",
+    env: "STRATA_BUDGETS",
+    arg: Some("budgets"),
+    kind: Kind::Text,
+    secret: Secret::Whole,
+};
+
 /// Every key, in the order `strata config check` and the example file list them.
 pub const KEYS: &[Key] = &[
     key(
@@ -203,6 +215,34 @@ pub const KEYS: &[Key] = &[
         Kind::Addr,
     ),
     key("api", "listen", "STRATA_LISTEN", "listen", Kind::Text),
+    key(
+        "api",
+        "pg_listen",
+        "STRATA_PG_LISTEN",
+        "pg_listen",
+        Kind::Text,
+    ),
+    key(
+        "api",
+        "pg_tls_cert",
+        "STRATA_PG_TLS_CERT",
+        "pg_tls_cert",
+        Kind::Text,
+    ),
+    key(
+        "api",
+        "pg_tls_key",
+        "STRATA_PG_TLS_KEY",
+        "pg_tls_key",
+        Kind::Text,
+    ),
+    key(
+        "api",
+        "flight_listen",
+        "STRATA_FLIGHT_LISTEN",
+        "flight_listen",
+        Kind::Text,
+    ),
     secret(
         key("api", "tokens", "STRATA_TOKENS", "tokens", Kind::List),
         Secret::Whole,

@@ -37,6 +37,22 @@ fn headless(profile: &std::path::Path) -> Command {
     c
 }
 
+/// The budget `strata demo` configures; its spend comes from the demo's live producer.
+const DEMO_BUDGET: &str = "demo-assistant";
+
+/// The spend of a budget view (of its largest user for a per-user budget), 0 without a state.
+fn spend_of(view: &serde_json::Value) -> f64 {
+    let state = if view["state"].is_null() {
+        &view["users"][0]
+    } else {
+        &view["state"]
+    };
+    state["spend"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_ingests_serves_the_dashboard_and_stops_cleanly() {
     let dir = test_dir();
@@ -110,6 +126,25 @@ async fn demo_ingests_serves_the_dashboard_and_stops_cleanly() {
         }
         assert!(rows > 0, "{name} stayed empty");
     }
+    // The demo budget has spend from the live producer before the browser looks.
+    let mut budget = serde_json::Value::Null;
+    for _ in 0..600 {
+        let (s, v) = json(get_as(&c, format!("{base}/v1/ai/budgets"), &token).await).await;
+        assert_eq!(s, 200, "{v}");
+        budget = v["budgets"]
+            .as_array()
+            .and_then(|list| list.iter().find(|b| b["name"] == DEMO_BUDGET))
+            .cloned()
+            .unwrap_or_default();
+        if spend_of(&budget) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        spend_of(&budget) > 0.0,
+        "the demo budget `{DEMO_BUDGET}` has no spend after a minute: {budget}"
+    );
 
     // The real browser: log in with the token (from the URL fragment), render every panel.
     let profile = dir.path().join("chromium");
@@ -125,7 +160,11 @@ async fn demo_ingests_serves_the_dashboard_and_stops_cleanly() {
         dom,
         String::from_utf8_lossy(&out.stderr)
     );
-    let sections: Vec<&str> = dom.split("<section").skip(1).collect();
+    let sections: Vec<&str> = dom
+        .split("<section")
+        .skip(1)
+        .filter(|s| s.contains("data-panel=\""))
+        .collect();
     assert!(sections.len() >= 12, "{} panels rendered", sections.len());
     for s in &sections {
         let name = s
@@ -145,6 +184,32 @@ async fn demo_ingests_serves_the_dashboard_and_stops_cleanly() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         assert!(rows > 0, "panel {name} has no rows");
+    }
+    // The budget panel: the demo budget with its spend bar, threshold ticks and figures.
+    let budgets = dom
+        .split("<section")
+        .find(|s| s.contains("id=\"budgets\""))
+        .unwrap_or_else(|| panic!("no budget section in the page:\n{dom}"));
+    assert!(
+        budgets.contains("data-state=\"ok\""),
+        "the budget section did not render: {}",
+        budgets.chars().take(600).collect::<String>()
+    );
+    let card = budgets
+        .split("<div class=\"budget\"")
+        .find(|c| c.contains(&format!("data-budget=\"{DEMO_BUDGET}\"")))
+        .unwrap_or_else(|| panic!("no card for `{DEMO_BUDGET}`: {budgets}"));
+    for part in [
+        "class=\"spend\"",
+        "class=\"threshold\"",
+        "75% ",
+        " USD · ",
+        "resets ",
+    ] {
+        assert!(
+            card.contains(part),
+            "the `{DEMO_BUDGET}` card lacks `{part}`: {card}"
+        );
     }
     // A wrong token gets a clear message, not an empty page.
     let out = headless(&profile)

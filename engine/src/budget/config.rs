@@ -285,8 +285,16 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
             "use 1 to {MAX_NAME_LEN} of a-z, 0-9, `_` and `-`, starting with a letter or digit"
         ));
     }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "`{name}` is a word of the budget routes (/v1/ai/budgets/{name}); choose another name"
+        ));
+    }
     Ok(())
 }
+
+/// Names a budget may not take: the fixed words under `/v1/ai/budgets/`.
+pub const RESERVED_NAMES: &[&str] = &["decision", "reservations"];
 
 fn check_thresholds(thresholds: &[Threshold]) -> std::result::Result<(), String> {
     if thresholds.is_empty() {

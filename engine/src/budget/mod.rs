@@ -11,20 +11,32 @@
 //! ```
 //!
 //! Everything past the spend read is pure: a server recomputes the states after each ingest
-//! commit and answers decisions from the [`Board`] it keeps in memory. The HTTP routes, the
-//! CLI, reservations, webhooks and overrides sit on top of this module and are not built here.
+//! commit and answers decisions from the [`Board`] it keeps in memory ([`BudgetService`]).
+//! Around it: audited overrides (overrides.rs), reservations of spend in flight
+//! (reservations.rs) and signed webhook alerts sent once per threshold per period (alerts.rs).
 
+pub mod alerts;
 mod config;
 mod decision;
 mod money;
+pub mod overrides;
 mod period;
+pub mod reservations;
+mod service;
 mod spend;
 mod state;
 
-pub use config::{default_thresholds, validate_budgets, Action, Budget, Scope, Threshold, Webhook};
+pub use config::{
+    default_thresholds, validate_budgets, Action, Budget, Scope, Threshold, Webhook, RESERVED_NAMES,
+};
 pub use decision::{Board, BudgetStanding, Call, Decision};
 pub use money::{Money, MoneyError, MONEY_SCALE};
+pub use overrides::{Override, OverrideRequest};
 pub use period::{parse_tz, Period, PeriodKind, PeriodWindow};
+pub use reservations::{Refusal, Reservation, ReservationRequest};
+pub use service::{
+    BudgetObserver, BudgetReport, BudgetService, BudgetsView, Reserved, POLL_INTERVAL,
+};
 pub use spend::{
     per_user_spend_sql, read_spend, spend_sql, BudgetSpend, RollupCoverage, SpendReport,
     SpendRequest, DAILY_ROLLUP, EVENTS_TABLE,

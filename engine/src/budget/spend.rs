@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Decimal128Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Decimal128Array, RecordBatch};
 use arrow::datatypes::DataType;
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tracing::debug;
@@ -265,14 +265,14 @@ fn scope_filters(scope: &Scope, indent: &str) -> String {
 
 /// A UTC instant as a timestamp literal without a zone: compared with the `UTC` column, it is
 /// read as UTC.
-fn timestamp_literal(at: DateTime<Utc>) -> String {
+pub(super) fn timestamp_literal(at: DateTime<Utc>) -> String {
     format!(
         "TIMESTAMP '{}'",
         at.naive_utc().format("%Y-%m-%d %H:%M:%S%.f")
     )
 }
 
-async fn run(
+pub(super) async fn run(
     catalog: &Catalog,
     snapshot: &Arc<Snapshot>,
     limits: &QueryLimits,
@@ -298,11 +298,7 @@ fn single_amount(batches: &[RecordBatch]) -> Result<Money> {
 fn user_amounts(batches: &[RecordBatch]) -> Result<BTreeMap<String, Money>> {
     let mut out = BTreeMap::new();
     for b in batches {
-        let users = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-        let users = users
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| EngineError::Internal("user_id is not text".into()))?;
+        let users = crate::text::utf8(b.column(0), "user_id")?;
         for (i, spend) in amounts(b.column(1))?.into_iter().enumerate() {
             if let (true, Some(spend)) = (users.is_valid(i), spend) {
                 out.insert(users.value(i).to_string(), spend);
@@ -314,7 +310,7 @@ fn user_amounts(batches: &[RecordBatch]) -> Result<BTreeMap<String, Money>> {
 
 /// A decimal column at `cost_usd`'s scale as amounts. The cast only widens the precision: a
 /// scale other than 9 is refused, since rescaling could round.
-fn amounts(column: &ArrayRef) -> Result<Vec<Option<Money>>> {
+pub(super) fn amounts(column: &ArrayRef) -> Result<Vec<Option<Money>>> {
     match column.data_type() {
         DataType::Decimal128(_, scale) if i64::from(*scale) == i64::from(MONEY_SCALE) => {}
         other => {

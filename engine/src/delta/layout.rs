@@ -148,6 +148,40 @@ pub fn probe_file(token: &str) -> Path {
     Path::from(format!(".strata-probe-{token}"))
 }
 
+/// The directory holding every budget alert's record (see `budget::alerts`).
+pub const BUDGET_ALERTS_DIR: &str = "_strata/budgets/alerts";
+
+/// `_strata/budgets/alerts` (the directory listed to find alerts a stopped server left pending).
+pub fn budget_alerts_dir() -> Path {
+    Path::from(BUDGET_ALERTS_DIR)
+}
+
+/// `_strata/budgets/alerts/<budget>/<period start, %Y%m%dT%H%M%SZ>/<kind>.json`: the record of
+/// one alert (`kind` such as `threshold-75`) of one period of `budget`.
+pub fn budget_alert_file(
+    budget: &str,
+    period_start: chrono::DateTime<chrono::Utc>,
+    kind: &str,
+) -> Path {
+    Path::from(format!(
+        "{BUDGET_ALERTS_DIR}/{budget}/{}/{kind}.json",
+        period_start.format("%Y%m%dT%H%M%SZ")
+    ))
+}
+
+/// The directory holding every open budget reservation (see `budget::reservations`).
+pub const RESERVATIONS_DIR: &str = "_strata/budgets/reservations";
+
+/// `_strata/budgets/reservations` (the directory listed to find every server's reservations).
+pub fn reservations_dir() -> Path {
+    Path::from(RESERVATIONS_DIR)
+}
+
+/// `_strata/budgets/reservations/<id>.json`: one open reservation of spend in flight.
+pub fn reservation_file(id: &str) -> Path {
+    Path::from(format!("{RESERVATIONS_DIR}/{id}.json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
