@@ -22,6 +22,7 @@ use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 use tracing::{debug, warn};
@@ -40,6 +41,9 @@ pub struct QueryLimits {
     /// The pool every query of a server shares ([`crate::memory`]); with it, `memory_bytes`
     /// is each query's share of it.
     pub server_pool: Option<Arc<dyn MemoryPool>>,
+    /// Whether sessions carry `pg_catalog` and the Postgres functions clients call
+    /// ([`crate::pg`]): on for the server's query surfaces, off for jobs.
+    pub pg_catalog: bool,
 }
 
 impl Default for QueryLimits {
@@ -48,6 +52,7 @@ impl Default for QueryLimits {
             memory_bytes: None,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             server_pool: None,
+            pg_catalog: false,
         }
     }
 }
@@ -129,15 +134,28 @@ impl Snapshot {
             .build_arc()?;
         let config = SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema("strata", "public")
+            .with_default_catalog_and_schema(crate::pg::CATALOG, crate::pg::SCHEMA)
             .with_target_partitions(limits.target_partitions.max(1));
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features();
+        if limits.pg_catalog {
+            // `::regclass` and the other OID types parse as int4.
+            state = state.with_type_planner(crate::pg::type_planner());
+        }
+        let ctx = SessionContext::new_with_state(state.build());
         sketch::register(&ctx);
         bounded::register(&ctx);
         for (name, t) in &self.tables {
             ctx.register_table(name.as_str(), t.provider.clone())?;
         }
-        ctx.register_table("strata_tables", Arc::new(self.tables_view()?))?;
+        let view = Arc::new(self.tables_view()?);
+        let view_schema = view.schema();
+        ctx.register_table("strata_tables", view)?;
+        if limits.pg_catalog {
+            crate::pg::register(&ctx, self, &[("strata_tables", view_schema)])?;
+        }
         Ok(ctx)
     }
 

@@ -25,6 +25,7 @@ mod literal;
 pub mod maintenance;
 pub mod memory;
 mod panel;
+pub mod pg;
 mod readonly;
 mod redact;
 pub mod registry;
@@ -33,6 +34,7 @@ mod session;
 pub mod sketch;
 mod storage;
 mod table;
+mod text;
 mod writer;
 
 pub use cache::{CachedResult, ResultCache};

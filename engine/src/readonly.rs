@@ -202,6 +202,8 @@ pub async fn plan_read_only(
         let allowed = known_tables.contains(t)
             || t == "strata_tables"
             || t.starts_with("information_schema.")
+            || t.starts_with("pg_catalog.")
+            || t == "pg_get_keywords"
             || GENERATORS.contains(&t.as_str());
         if !allowed {
             return Err(refused(format!("`{t}` is not a Strata table")));

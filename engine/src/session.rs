@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ParamValues;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::catalog::{QueryLimits, Snapshot};
@@ -50,6 +51,41 @@ impl PlannedQuery {
             cacheable,
             redactor,
         })
+    }
+
+    /// Binds the values of `$1`, `$2`, ... (a prepared statement's parameters). A value of
+    /// the wrong type or a missing one is the caller's error.
+    pub fn bind(mut self, params: ParamValues) -> Result<Self> {
+        self.df = self
+            .df
+            .with_param_values(params)
+            .map_err(|e| EngineError::Param(format!("the statement's parameters: {e}")))?;
+        Ok(self)
+    }
+
+    /// The type of each parameter of the statement, `$1` first (None where the plan does not
+    /// tell); empty when it has none. Parameters must be numbered `$1` to `$n`.
+    pub fn parameter_types(&self) -> Result<Vec<Option<DataType>>> {
+        let found = self
+            .df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(|e| EngineError::Sql(e.to_string()))?;
+        let mut out = vec![None; found.len()];
+        for (id, ty) in found {
+            let n = id
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=out.len()).contains(n))
+                .ok_or_else(|| {
+                    EngineError::Sql(format!(
+                        "parameter `{id}`: number the parameters $1 to ${}",
+                        out.len()
+                    ))
+                })?;
+            out[n - 1] = ty;
+        }
+        Ok(out)
     }
 
     pub fn schema(&self) -> SchemaRef {

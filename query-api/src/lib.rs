@@ -4,18 +4,26 @@
 //! client --HTTP--> [ query-api: http (connection cap, header/body deadlines) -> request_id -> observe -> json_errors
 //!                    -> authorize (route scope, bearer, token and peer rate limits) -> route ] --> engine: Catalog / Panels / ResultCache
 //!                   /v1/sql (streamed formats)   /v1/panels (JSON, ETag)   /v1/gdpr (durable requests)
+//!                   /v1/ai/budgets (states, decisions and reservations from memory, overrides)
 //!                   /metrics /healthz /readyz /v1/openapi.json   / (dashboard)
+//! psql, DBeaver, Grafana --Postgres wire (--pg-listen)--> pg ----\
+//! ADBC, JDBC --Arrow Flight SQL (--flight-listen)--> flight ------> query::start_query (the one query service)
 //! ```
 
 mod admission;
 pub mod auth;
+mod budget_metrics;
+mod budgets;
 mod encode;
 mod error;
+mod flight;
 pub mod gdpr;
 mod http;
 mod metrics;
 mod openapi;
 mod panels;
+mod pg;
+mod query;
 pub mod routes;
 mod server;
 mod sql;
@@ -35,10 +43,14 @@ use strata_engine::{Catalog, Panels, QueryLimits, ResultCache};
 use tracing::{info, Instrument};
 
 pub use auth::{new_token, Auth, Scope, TokenEntry};
+pub use budgets::report_json as budget_json;
 pub use encode::Format;
 pub use error::ApiError;
+pub use flight::FlightServer;
 pub use http::HttpLimits;
-pub use metrics::ApiMetrics;
+pub use metrics::{ApiMetrics, Surface};
+pub use pg::{PgOptions, PgServer, TlsFiles};
+pub use query::{CacheUse, Described, Rows, Started, Statement};
 pub use server::{Server, ServerConfig, ServerError};
 
 /// The largest request body the API takes.
@@ -112,6 +124,8 @@ pub struct AppState {
     /// GDPR requests: durable, one at a time; a purge drops the result cache and refreshes the
     /// catalog.
     gdpr: strata_engine::gdpr::GdprService,
+    /// The AI budgets, when any are configured.
+    pub budgets: Option<Arc<strata_engine::budget::BudgetService>>,
 }
 
 impl AppState {
@@ -150,6 +164,7 @@ impl AppState {
             metrics: Arc::new(metrics),
             registry,
             running: Arc::default(),
+            budgets: None,
         })
     }
 }
@@ -178,6 +193,18 @@ pub fn router(state: AppState) -> Router {
         .route(routes::GDPR_PURGES, axum::routing::post(gdpr::post_purge))
         .route(routes::GDPR_REQUEST, get(gdpr::get_request))
         .route(routes::GDPR_EXPORT_FILE, get(gdpr::get_export_file))
+        .route(routes::AI_BUDGETS, get(budgets::list))
+        .route(routes::AI_DECISION, get(budgets::decision))
+        .route(
+            routes::AI_RESERVATIONS,
+            axum::routing::post(budgets::reserve),
+        )
+        .route(routes::AI_RESERVATION, delete(budgets::release))
+        .route(routes::AI_BUDGET, get(budgets::get))
+        .route(
+            routes::AI_OVERRIDES,
+            axum::routing::post(budgets::add_override),
+        )
         .fallback(not_found)
         // Layers run bottom-up, each after routing (so they see the matched route), and all
         // before the handler's extractors read the body.

@@ -44,6 +44,10 @@ pub enum Surface {
     Panel,
     /// `/v1/tables`: a table health check.
     Tables,
+    /// The Postgres wire protocol (`--pg-listen`): to the first batch.
+    Postgres,
+    /// Arrow Flight SQL (`--flight-listen`): to the first batch.
+    Flight,
 }
 
 impl Surface {
@@ -52,6 +56,8 @@ impl Surface {
             Self::Sql => "sql",
             Self::Panel => "panel",
             Self::Tables => "tables",
+            Self::Postgres => "postgres",
+            Self::Flight => "flight",
         }
     }
 }
@@ -90,14 +96,14 @@ impl ApiMetrics {
         let queries = histogram_vec(
             registry,
             "strata_query_duration_seconds",
-            "Time to answer a query, by surface (sql: to the first batch; panel: the panel's computation or cached answer, with its name; tables: a table health check).",
+            "Time to answer a query, by surface (sql, postgres, flight: to the first batch; panel: the panel's computation or cached answer, with its name; tables: a table health check).",
             &["surface", "panel"],
             &LATENCY_BUCKETS,
         )?;
         let cache_hits = counter_vec(
             registry,
             "strata_cache_hits_total",
-            "Panel and SQL results served from the cache, by surface.",
+            "Panel and SQL results served from the cache, by surface (sql, panel, postgres, flight).",
             &["surface"],
         )?;
         let cache_misses = counter_vec(
@@ -106,8 +112,13 @@ impl ApiMetrics {
             "Panel and SQL results computed (cacheable ones only), by surface.",
             &["surface"],
         )?;
-        // Both surfaces have their counters from the start, so that a ratio never lacks one.
-        for surface in [Surface::Sql, Surface::Panel] {
+        // Every query surface has its counters from the start, so that a ratio never lacks one.
+        for surface in [
+            Surface::Sql,
+            Surface::Panel,
+            Surface::Postgres,
+            Surface::Flight,
+        ] {
             cache_hits.with_label_values(&[surface.label()]);
             cache_misses.with_label_values(&[surface.label()]);
         }
@@ -500,6 +511,37 @@ mod tests {
             Duration::ZERO,
         );
         m.tables.record(&[sample_health()]);
+        {
+            use strata_engine::budget::{Board, BudgetObserver, BudgetStanding, Decision, Money};
+            let b = crate::budget_metrics::BudgetMetrics::new(&registry).unwrap();
+            let budget = strata_engine::budget::Budget::new("ai", Money::parse("10").unwrap());
+            let now = chrono::Utc::now();
+            let state = strata_engine::budget::BudgetState::compute(
+                &budget,
+                budget.period.window(now),
+                Money::parse("8").unwrap(),
+                now,
+            );
+            b.states(
+                &Board {
+                    standings: vec![BudgetStanding {
+                        budget,
+                        total: Some(state),
+                        per_user: Default::default(),
+                    }],
+                    as_of: now,
+                },
+                &|_| Money::ZERO,
+            );
+            b.alert("ai", "threshold-75", false, 7, 7);
+            b.decision(&Decision {
+                action: None,
+                budget: None,
+                reason: String::new(),
+                as_of: now,
+                lag: Duration::ZERO,
+            });
+        }
         let exposed: BTreeSet<String> = registry
             .gather()
             .iter()

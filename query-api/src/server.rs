@@ -4,8 +4,8 @@
 //! run it.
 //!
 //! ```text
-//! ServerConfig --start--> tables ensured -> Catalog -> AppState -> bound listener
-//!              --run-->   resume GDPR requests; Scheduler; serve to shutdown
+//! ServerConfig --start--> tables ensured -> Catalog -> AppState (+ BudgetService) -> bound listener
+//!              --run-->   resume GDPR requests; Scheduler; budget refresh loop; serve to shutdown
 //! Scheduler: per job with an interval, one task: at each slot, Lease::claim -> run_scheduled -> job_runs
 //!            (and the `strata_job_*` metrics of this server)
 //!            table health every `table_health_every` (this server's view, no lease; `strata_table_*`)
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use strata_engine::budget::{Budget, BudgetService};
 use strata_engine::lease::{Lease, LeaseHolder, Slot};
 use strata_engine::{
     run_scheduled, Catalog, EngineError, MaintenanceOptions, ResultCache, ScheduledJob, Storage,
@@ -29,6 +30,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::flight::{FlightListenError, FlightServer};
+use crate::pg::{PgError, PgOptions, PgServer};
 use crate::{ApiError, ApiLimits, ApiMetrics, AppState, Auth};
 
 /// What a server is started with besides its storage root and tokens. `Default` gives the
@@ -54,6 +57,12 @@ pub struct ServerConfig {
     /// Options of compaction, vacuum and retention.
     pub maintenance: MaintenanceOptions,
     pub limits: ApiLimits,
+    /// The AI budgets served under `/v1/ai/budgets` (none: those routes say so).
+    pub budgets: Vec<Budget>,
+    /// The Postgres wire protocol's listener (none: off).
+    pub pg: Option<PgOptions>,
+    /// Arrow Flight SQL's listen address (none: off).
+    pub flight_listen: Option<String>,
 }
 
 impl ServerConfig {
@@ -92,6 +101,9 @@ impl Default for ServerConfig {
             table_health_every: Some(Self::DEFAULT_TABLE_HEALTH_INTERVAL),
             maintenance: MaintenanceOptions::default(),
             limits: ApiLimits::default(),
+            budgets: Vec::new(),
+            pg: None,
+            flight_listen: None,
         }
     }
 }
@@ -116,6 +128,10 @@ pub enum ServerError {
     /// The bound listener has no local address.
     #[error(transparent)]
     LocalAddr(std::io::Error),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error(transparent)]
+    Flight(#[from] FlightListenError),
     #[error("serving the API")]
     Serve(#[source] std::io::Error),
 }
@@ -132,6 +148,10 @@ pub struct Server {
     pub addr: SocketAddr,
     pub catalog: Arc<Catalog>,
     listener: TcpListener,
+    /// The Postgres wire protocol, when asked for.
+    pub pg: Option<PgServer>,
+    /// Arrow Flight SQL, when asked for.
+    pub flight: Option<FlightServer>,
     state: AppState,
     schedule: Schedule,
 }
@@ -147,7 +167,7 @@ impl Server {
         let catalog = Catalog::open(storage).await?;
         let cache = Arc::new(ResultCache::new(config.cache_bytes));
         let registry = prometheus::Registry::new();
-        let state = AppState::new(
+        let mut state = AppState::new(
             catalog.clone(),
             cache,
             auth,
@@ -155,6 +175,18 @@ impl Server {
             registry,
         )
         .map_err(|e| ServerError::State(Box::new(e)))?;
+        if !config.budgets.is_empty() {
+            let metrics = crate::budget_metrics::BudgetMetrics::new(&state.registry)
+                .map_err(|e| ServerError::State(Box::new(ApiError::Internal(e.to_string()))))?;
+            let service = BudgetService::new(
+                catalog.clone(),
+                config.budgets.clone(),
+                state.limits.query.clone(),
+                LeaseHolder::this_process().id,
+            )?
+            .with_observer(Arc::new(metrics));
+            state.budgets = Some(service);
+        }
         // This server's metrics hear of every commit the process makes (rollups, purges,
         // maintenance); the first server of a process keeps them.
         strata_engine::delta::set_commit_observer(state.metrics.commits.clone());
@@ -166,10 +198,20 @@ impl Server {
                     source,
                 })?;
         let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+        let pg = match &config.pg {
+            Some(options) => Some(PgServer::bind(state.clone(), options).await?),
+            None => None,
+        };
+        let flight = match &config.flight_listen {
+            Some(listen) => Some(FlightServer::bind(state.clone(), listen).await?),
+            None => None,
+        };
         Ok(Self {
             addr,
             catalog,
             listener,
+            pg,
+            flight,
             state,
             schedule: Schedule::of(config),
         })
@@ -187,12 +229,34 @@ impl Server {
             Ok(n) => info!(requests = n, "resuming unfinished GDPR requests"),
             Err(e) => warn!(error = ?e, "could not look for unfinished GDPR requests"),
         }
-        let scheduler = Scheduler::start(
+        let mut scheduler = Scheduler::start(
             self.catalog.clone(),
             &self.schedule,
             self.state.metrics.clone(),
         );
+        if let Some(budgets) = &self.state.budgets {
+            scheduler.tasks.push(tokio::spawn(budgets.clone().run()));
+        }
+        // The analysts' surfaces stop with the API.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut surfaces = Vec::new();
+        if let Some(pg) = self.pg {
+            surfaces.push(tokio::spawn(pg.serve(stopped.clone())));
+        }
+        if let Some(flight) = self.flight {
+            surfaces.push(tokio::spawn(flight.serve(stopped.clone())));
+        }
         let result = crate::serve(self.listener, self.state, shutdown).await;
+        let _ = stop.send(true);
+        for surface in surfaces {
+            // A Flight stream still open does not hold the process past a grace period.
+            if tokio::time::timeout(Duration::from_secs(5), surface)
+                .await
+                .is_err()
+            {
+                warn!("an analysts' surface did not stop within 5 s");
+            }
+        }
         scheduler.stop();
         result.map_err(ServerError::Serve)
     }

@@ -2,36 +2,25 @@
 //! streamed in the asked format, with a query id, a time limit, a memory limit and a row cap.
 //! Cancelling it (by id or by hanging up) drops the DataFusion stream, which stops the work.
 //!
-//! ```text
-//! run: format, query id, Deadline -> slot -> plan -> cache key -> Running entry -> encoder
-//!     -> cache hit: SqlAnswer::answer_from_memory | miss: BatchSource (first batch decides the status)
-//!        -> SqlAnswer::stream (task): shape (row cap, redaction) -> encode -> send_by -> finish
-//! ```
-//!
-//! `run` decides the status and headers; `answer` owns what happens after: the streaming
-//! answer, its deadline and its cache fill.
-
-mod answer;
+//! The statement runs through the query service ([`crate::query`]), as on every surface; this
+//! module only chooses the format and encodes the rows into a streamed body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use strata_engine::PlannedQuery;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::encode::{streamed_body, Chunk, Encoder, Format};
 use crate::error::ApiError;
 use crate::metrics::Surface;
+use crate::query::{Deadline, Rows, Statement};
 use crate::AppState;
-
-use answer::{BatchSource, CacheFill, Deadline, SqlAnswer};
 
 #[derive(Debug, Deserialize)]
 pub struct SqlParams {
@@ -53,7 +42,7 @@ pub struct Running {
 }
 
 impl Running {
-    fn start(
+    pub(crate) fn start(
         self: &Arc<Self>,
         id: &str,
     ) -> Result<(RunningGuard, watch::Receiver<bool>), ApiError> {
@@ -83,7 +72,7 @@ impl Running {
         self.queries.lock().remove(id);
     }
 
-    fn cancel(&self, id: &str) -> bool {
+    pub(crate) fn cancel(&self, id: &str) -> bool {
         match self.queries.lock().remove(id) {
             Some(tx) => {
                 let _ = tx.send(true);
@@ -96,7 +85,7 @@ impl Running {
 
 /// Removes a query from [`Running`] however its handler ends (done, failed, or dropped
 /// because the client hung up).
-struct RunningGuard {
+pub(crate) struct RunningGuard {
     running: Arc<Running>,
     id: String,
 }
@@ -159,8 +148,8 @@ pub async fn delete_query(
     }
 }
 
-/// Runs one statement: the response's status and headers are decided here (plan, cache, first
-/// batch); the body streams from a task that owns the [`SqlAnswer`].
+/// Runs one statement through the query service: the response's status and headers are
+/// decided by its first batch; the body streams from a task that encodes the rows.
 async fn run(
     state: AppState,
     headers: &HeaderMap,
@@ -168,77 +157,78 @@ async fn run(
     format: Option<String>,
 ) -> Result<Response, ApiError> {
     let format = Format::choose(headers, format)?;
-    let query_id = query_id(headers)?;
-    let started = Instant::now();
-    // One deadline for everything: waiting for a slot, planning, optimising, the first batch,
-    // and streaming to a client that may stop reading.
-    let deadline = Deadline::start(state.limits.timeout);
-    let slot = state.admission.admit().await?;
-    let planned = plan(&state, &sql, deadline).await?;
-    let schema = planned.schema();
-    let versions = planned.versions.join(",");
-    let key = planned.cache_key(&sql);
-    let (guard, cancel) = state.running.start(&query_id)?;
+    let mut statement = Statement::new(sql, Surface::Sql);
+    statement.query_id = query_id(headers)?;
+    let started = state.start_query(statement).await?;
+    let encoder =
+        Encoder::new(format, &started.schema).map_err(|e| ApiError::Internal(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<Chunk>(4);
-    let encoder = Encoder::new(format, &schema).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let answer = SqlAnswer {
-        query_id: query_id.clone(),
-        deadline,
-        guard,
-        slot,
-        tx,
-        encoder,
-        redactor: planned.redactor.clone(),
-        row_cap: state.limits.row_cap,
-    };
-    let cached = key.as_ref().and_then(|k| state.cache.get(k));
-    let cache_header = match (&key, &cached) {
-        (None, _) => "bypass",
-        (Some(_), Some(_)) => "hit",
-        (Some(_), None) => "miss",
-    };
-    if let Some(hit) = cached {
-        state.metrics.count_cache(Surface::Sql, true);
-        answer.answer_from_memory(&hit);
-    } else {
-        if key.is_some() {
-            state.metrics.count_cache(Surface::Sql, false);
-        }
-        let fill = key.map(|key| CacheFill::new(state.cache.clone(), key, schema));
-        let mut source = BatchSource::start(planned.df, cancel, deadline).await?;
-        let first = source.first(deadline).await?;
-        tokio::spawn(answer.stream(source, first, fill));
-    }
-    state
-        .metrics
-        .observe_query(Surface::Sql, "", started.elapsed());
-    info!(
-        query_id = %query_id,
-        format = format.content_type(),
-        cache = cache_header,
-        first_batch_ms = started.elapsed().as_millis() as u64,
-        "sql query"
-    );
-    Ok(streamed_response(
+    let response = streamed_response(
         rx,
         format,
-        &query_id,
-        cache_header,
+        &started.query_id,
+        started.cache.label(),
         state.limits.row_cap,
-        &versions,
-    ))
+        &started.versions,
+    );
+    tokio::spawn(encode_rows(started.rows, encoder, tx, started.deadline));
+    Ok(response)
 }
 
-/// Plans `sql` on a fresh snapshot, by the deadline.
-async fn plan(state: &AppState, sql: &str, deadline: Deadline) -> Result<PlannedQuery, ApiError> {
-    let limits = &state.limits;
-    let planned = deadline
-        .within(async {
-            let snapshot = state.catalog.fresh_snapshot(limits.max_age).await?;
-            PlannedQuery::plan(&state.catalog, sql, &limits.query, snapshot).await
-        })
-        .await??;
-    Ok(planned)
+/// Encodes the rows into the response body, each chunk sent by the deadline; a client that
+/// goes away drops the rows, which stops the query. An answer cut midway ends the body with
+/// an error (the client sees a broken body, never a whole-looking one).
+async fn encode_rows(
+    mut rows: Rows,
+    mut encoder: Encoder,
+    tx: mpsc::Sender<Chunk>,
+    deadline: Deadline,
+) {
+    let send_by = |bytes: Bytes| {
+        let tx = &tx;
+        async move {
+            matches!(
+                tokio::time::timeout_at(deadline.at(), tx.send(Ok(bytes))).await,
+                Ok(Ok(()))
+            )
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            b = rows.next_batch() => b,
+            _ = tx.closed() => return,
+        };
+        match next {
+            Some(Ok(batch)) => {
+                let bytes = match encoder.write(&batch) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                };
+                if !send_by(bytes).await {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                // A short reason only: the message may quote a data value.
+                let why = match e {
+                    ApiError::Timeout(_) => "query timeout",
+                    ApiError::BadRequest {
+                        code: "cancelled", ..
+                    } => "query cancelled",
+                    _ => "query failed",
+                };
+                let _ = tx.try_send(Err(std::io::Error::other(why)));
+                return;
+            }
+            None => break,
+        }
+    }
+    if let Ok(bytes) = encoder.finish() {
+        send_by(bytes).await;
+    }
 }
 
 /// The response whose body is what the answer's task sends to `rx`.

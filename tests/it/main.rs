@@ -5,6 +5,7 @@ mod gdpr_support;
 mod server;
 mod support;
 
+mod analysts;
 mod api;
 mod attack;
 mod attack_http;
@@ -13,6 +14,7 @@ mod gdpr;
 mod gdpr_race;
 
 mod bad_config;
+mod budgets;
 mod cli;
 mod config;
 mod kafka_ingest;
