@@ -1,6 +1,7 @@
 """DuckDB on the same Parquet files as Strata's rollups, for `strata bench query --duckdb-python`.
 
 Usage: python bench_duckdb.py ROOT  -> prints {"click_stats_daily": seconds, ...}
+(and per rollup "<rollup>:rows" and "<rollup>:check", sums of its counts, to compare engines)
 
 Reads the live files of each Delta table from its log (adds minus removes), materialises the
 same three rollups (exact distinct counts; no sketches, which DuckDB does not have in the same
@@ -17,21 +18,7 @@ import time
 
 import duckdb
 
-
-def live_files(root, table):
-    log = os.path.join(root, "tables", table, "_delta_log")
-    files = {}
-    for name in sorted(os.listdir(log)):
-        if not name.endswith(".json"):
-            continue
-        with open(os.path.join(log, name)) as f:
-            for line in f:
-                a = json.loads(line)
-                if "add" in a:
-                    files[a["add"]["path"]] = True
-                elif "remove" in a:
-                    files.pop(a["remove"]["path"], None)
-    return [os.path.join(root, "tables", table, p) for p in files]
+from delta_files import live_files
 
 
 def main():
@@ -67,11 +54,22 @@ def main():
                    sum(cost_usd) AS cost_usd, quantile_cont(latency_ms, 0.95) AS p95_latency_ms
             FROM ai_usage GROUP BY ALL""",
     }
+    checks = {
+        "click_stats_daily": ("r1", ["clicks", "human_clicks", "unique_users", "unique_sessions"]),
+        "click_stats_daily_items": ("r2", ["clicks", "human_clicks", "unique_users"]),
+        "ai_usage_daily": ("r3", ["calls", "errors", "input_tokens", "output_tokens"]),
+    }
     out = {}
     for name, sql in queries.items():
         started = time.perf_counter()
         con.execute(sql)
         out[name] = time.perf_counter() - started
+        table, columns = checks[name]
+        sums = con.execute(
+            f"SELECT count(*), {', '.join(f'sum({c})' for c in columns)} FROM {table}"
+        ).fetchone()
+        out[name + ":rows"] = int(sums[0])
+        out[name + ":check"] = {c: int(v or 0) for c, v in zip(columns, sums[1:])}
     tmp = tempfile.mkdtemp(prefix="strata-duckdb-")
     try:
         for name, sql in queries.items():

@@ -13,7 +13,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use strata_engine::maintenance::{self, CompactOptions};
 use strata_engine::{SqlSession, Storage};
-use strata_fixtures::{GenOptions, Generator};
+use strata_fixtures::GenOptions;
 
 use crate::measure::percentile;
 
@@ -76,20 +76,8 @@ pub struct CompactResults {
 
 /// Writes the small files, times the query, compacts, times it again; progress on stderr.
 pub async fn run(bench: &CompactBench) -> anyhow::Result<CompactResults> {
-    let (url, temporary) = match &bench.storage_url {
-        Some(u) => (u.clone(), None),
-        None => {
-            let p =
-                std::env::temp_dir().join(format!("strata-bench-compact-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&p)?;
-            (p.display().to_string(), Some(p))
-        }
-    };
-    let result = run_in(&Storage::open_url(&url).await?, bench).await;
-    if let Some(p) = temporary {
-        let _ = std::fs::remove_dir_all(p);
-    }
-    result
+    let root = crate::BenchRoot::open(bench.storage_url.as_deref(), "compact").await?;
+    run_in(&root.storage, bench).await
 }
 
 async fn run_in(storage: &Storage, bench: &CompactBench) -> anyhow::Result<CompactResults> {
@@ -134,7 +122,7 @@ async fn run_in(storage: &Storage, bench: &CompactBench) -> anyhow::Result<Compa
 /// ingest's broker-free path (one flush, so one file, per commit).
 async fn write_small_files(storage: &Storage, bench: &CompactBench) -> anyhow::Result<()> {
     let day = NaiveDate::parse_from_str(DAY, "%Y-%m-%d")?;
-    let messages: Vec<_> = Generator::new(GenOptions {
+    let options = GenOptions {
         seed: 11,
         events: (bench.files * bench.rows_per_file) as u64,
         days: 1,
@@ -144,19 +132,14 @@ async fn write_small_files(storage: &Storage, bench: &CompactBench) -> anyhow::R
         duplicate_rate: 0.0,
         late_rate: 0.0,
         ..GenOptions::default()
-    })
-    .collect();
-    let direct = crate::ingest::direct_messages(&messages);
-    let metrics = strata_ingest::IngestMetrics::new(&prometheus::Registry::new())?;
-    strata_ingest::ingest_direct(
+    };
+    crate::ingest::write_generated(
         storage,
         "bench-compact",
-        &direct,
+        options,
         bench.rows_per_file.max(1),
-        &metrics,
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// The partition's row count, and the first and median times of `iterations` runs of the

@@ -203,6 +203,22 @@ pub fn direct_messages(messages: &[Message]) -> Vec<DirectMessage<'_>> {
         .collect()
 }
 
+/// The generator's messages for `options` (at most `options.events` of them), written into
+/// `storage` through the ingest's broker-free path, `flush_rows` messages per commit.
+pub(crate) async fn write_generated(
+    storage: &Storage,
+    app_id: &str,
+    options: GenOptions,
+    flush_rows: usize,
+) -> anyhow::Result<()> {
+    let events = usize::try_from(options.events).unwrap_or(usize::MAX);
+    let messages: Vec<Message> = Generator::new(options).take(events).collect();
+    let direct = direct_messages(&messages);
+    let metrics = IngestMetrics::new(&prometheus::Registry::new())?;
+    strata_ingest::ingest_direct(storage, app_id, &direct, flush_rows, &metrics).await?;
+    Ok(())
+}
+
 /// Stage 1: decode -> Parquet -> Delta commit, no broker.
 async fn direct_stage(
     roots: &RunRoots,

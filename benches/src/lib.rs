@@ -10,16 +10,22 @@
 //! engine root ---------> [ query runner: rollups, panels (+ DuckDB) ]     --> QueryResults
 //!             ---------> [ purge runner: median subject ]                 --> PurgeResults
 //!             ---------> [ compact runner: 1,000 small files, query before/after ] --> CompactResults
+//! AI calls ---> root --> [ budgets runner: in-process server, 200 callers of decisions ] --> BudgetsResults
+//! clicks -----> root --> [ fetch runner: 1M rows over HTTP json/arrow, Postgres, Flight SQL ] --> FetchResults
 //! ```
 
+pub mod budgets;
 pub mod compact;
+pub mod fetch;
 pub mod ingest;
 pub mod kafka;
 mod measure;
 pub mod purge;
 pub mod query;
 
+pub use budgets::{BudgetsBench, BudgetsResults};
 pub use compact::{CompactBench, CompactResults};
+pub use fetch::{FetchBench, FetchResults};
 pub use ingest::{EndToEnd, IngestBench, IngestResults};
 pub use purge::PurgeResults;
 pub use query::{QueryBench, QueryResults};
@@ -28,3 +34,42 @@ pub use query::{QueryBench, QueryResults};
 pub const DEFAULT_BENCH_ROOT: &str = "./bench-data";
 /// Events generated into an empty bench root by default.
 pub const DEFAULT_BENCH_EVENTS: u64 = 20_000_000;
+
+/// The storage root of one run: the one asked for, or a fresh temporary directory (named after
+/// the bench) that is removed when this is dropped, after the run.
+pub(crate) struct BenchRoot {
+    pub storage: strata_engine::Storage,
+    temporary: Option<std::path::PathBuf>,
+}
+
+impl BenchRoot {
+    pub(crate) async fn open(storage_url: Option<&str>, bench: &str) -> anyhow::Result<Self> {
+        let (url, temporary) = match storage_url {
+            Some(u) => (u.to_string(), None),
+            None => {
+                let p = std::env::temp_dir()
+                    .join(format!("strata-bench-{bench}-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&p)?;
+                (p.display().to_string(), Some(p))
+            }
+        };
+        let storage = match strata_engine::Storage::open_url(&url).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(p) = &temporary {
+                    let _ = std::fs::remove_dir_all(p);
+                }
+                return Err(e.into());
+            }
+        };
+        Ok(Self { storage, temporary })
+    }
+}
+
+impl Drop for BenchRoot {
+    fn drop(&mut self) {
+        if let Some(p) = &self.temporary {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}

@@ -17,6 +17,7 @@ use crate::measure::percentile;
 
 /// The DuckDB side of the comparison: it prints the seconds of each rollup as JSON.
 const DUCKDB_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_duckdb.py");
+const POLARS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_polars.py");
 /// Memory of each panel registry's result cache.
 const PANEL_CACHE_BYTES: usize = 256 << 20;
 /// How old the catalog snapshot a panel runs on may be: longer than a run, so that the runs
@@ -30,6 +31,8 @@ pub struct QueryBench {
     pub iterations: usize,
     /// Also time DuckDB on the same Parquet files with this Python (which must have `duckdb`).
     pub duckdb_python: Option<String>,
+    /// Also time Polars on the same Parquet files with this Python (which must have `polars`).
+    pub polars_python: Option<String>,
     /// Only these panels; all of them when empty.
     pub panels: Vec<String>,
     /// Time the panels only, over the rollups as they are (no rebuild, no DuckDB).
@@ -63,6 +66,24 @@ pub struct RollupTiming {
     pub duckdb_seconds: Option<f64>,
     /// DuckDB writing the rollup as zstd Parquet partitioned by day (no Delta commit).
     pub duckdb_parquet_seconds: Option<f64>,
+    pub polars_seconds: Option<f64>,
+    /// Polars writing the rollup as zstd Parquet partitioned by day.
+    pub polars_parquet_seconds: Option<f64>,
+    /// Whether Polars' answer equals DuckDB's (group count and sums of every count column);
+    /// None unless both ran.
+    pub peers_agree: Option<bool>,
+}
+
+impl RollupTiming {
+    /// Strata's time over the fastest peer's writing Parquet (what Strata's rollup also does,
+    /// less the Delta commit): below 1 is ahead.
+    pub fn ratio_to_best_peer(&self) -> Option<f64> {
+        [self.duckdb_parquet_seconds, self.polars_parquet_seconds]
+            .into_iter()
+            .flatten()
+            .min_by(f64::total_cmp)
+            .map(|best| self.seconds / best)
+    }
 }
 
 /// What a run measured; `Display` is the text report, `Serialize` the JSON one.
@@ -83,8 +104,30 @@ pub async fn run(storage: &Storage, bench: &QueryBench) -> anyhow::Result<QueryR
     let mut rollups = Vec::new();
     if !bench.skip_rollups {
         rollups = time_rollups(storage, &root).await?;
-        if let Some(python) = &bench.duckdb_python {
-            compare_duckdb(python, storage, &mut rollups)?;
+        let duckdb = match &bench.duckdb_python {
+            Some(python) => Some(run_peer(python, DUCKDB_SCRIPT, "DuckDB", storage)?),
+            None => None,
+        };
+        let polars = match &bench.polars_python {
+            Some(python) => Some(run_peer(python, POLARS_SCRIPT, "Polars", storage)?),
+            None => None,
+        };
+        for r in &mut rollups {
+            let key = |suffix: &str| format!("{}{suffix}", r.rollup);
+            if let Some(t) = &duckdb {
+                r.duckdb_seconds = t[&r.rollup].as_f64();
+                r.duckdb_parquet_seconds = t[key(":parquet")].as_f64();
+            }
+            if let Some(t) = &polars {
+                r.polars_seconds = t[&r.rollup].as_f64();
+                r.polars_parquet_seconds = t[key(":parquet")].as_f64();
+            }
+            if let (Some(d), Some(p)) = (&duckdb, &polars) {
+                // Only the rollups the peers compute (not the totals or the top lists).
+                r.peers_agree = (!d[&r.rollup].is_null()).then(|| {
+                    d[key(":rows")] == p[key(":rows")] && d[key(":check")] == p[key(":check")]
+                });
+            }
         }
     }
     let panels = time_panels(storage, bench, &root).await?;
@@ -162,6 +205,9 @@ async fn time_rollups(storage: &Storage, root: &RootSummary) -> anyhow::Result<V
             source_rows_per_sec: source_rows as f64 / seconds,
             duckdb_seconds: None,
             duckdb_parquet_seconds: None,
+            polars_seconds: None,
+            polars_parquet_seconds: None,
+            peers_agree: None,
         });
         eprintln!("bench query: rollup {} in {seconds:.2} s", spec.name);
     }
@@ -181,33 +227,31 @@ fn source_rows(spec: &RollupSpec, root: &RootSummary, done: &[RollupTiming]) -> 
     }
 }
 
-/// Runs `scripts/bench_duckdb.py` with `python` on the root's files and records its seconds.
-fn compare_duckdb(
+/// Runs a peer engine's script (`scripts/bench_duckdb.py`, `scripts/bench_polars.py`) with
+/// `python` on the root's files: its seconds per rollup and its answers' sums.
+fn run_peer(
     python: &str,
+    script: &str,
+    engine: &str,
     storage: &Storage,
-    rollups: &mut [RollupTiming],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
+    eprintln!("bench query: {engine} on the same files");
     let out = std::process::Command::new(python)
-        .arg(DUCKDB_SCRIPT)
+        .arg(script)
         .arg(
             storage
                 .root()
                 .to_file_path()
-                .map_err(|_| anyhow::anyhow!("DuckDB comparison needs a local root"))?,
+                .map_err(|_| anyhow::anyhow!("{engine} comparison needs a local root"))?,
         )
         .output()
-        .context("running DuckDB")?;
+        .with_context(|| format!("running {engine}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "DuckDB run failed: {}",
+        "{engine} run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let times: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    for r in rollups {
-        r.duckdb_seconds = times[&r.rollup].as_f64();
-        r.duckdb_parquet_seconds = times[format!("{}:parquet", r.rollup)].as_f64();
-    }
-    Ok(())
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Panels: cold (a fresh cache each run) and cached, over the root's last 30 days.
@@ -313,20 +357,34 @@ impl fmt::Display for QueryResults {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<24} {:>12} {:>10} {:>14} {:>10} {:>16}",
-            "rollup", "source rows", "seconds", "rows/s", "duckdb s", "duckdb->parquet"
+            "{:<24} {:>12} {:>10} {:>14} {:>10} {:>16} {:>10} {:>16} {:>10} {:>12}",
+            "rollup",
+            "source rows",
+            "seconds",
+            "rows/s",
+            "duckdb s",
+            "duckdb->parquet",
+            "polars s",
+            "polars->parquet",
+            "vs best",
+            "peers agree"
         )?;
+        let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.2}"));
         for r in &self.rollups {
             writeln!(
                 f,
-                "{:<24} {:>12} {:>10.2} {:>14.0} {:>10} {:>16}",
+                "{:<24} {:>12} {:>10.2} {:>14.0} {:>10} {:>16} {:>10} {:>16} {:>10} {:>12}",
                 r.rollup,
                 r.source_rows,
                 r.seconds,
                 r.source_rows_per_sec,
-                r.duckdb_seconds.map_or("-".into(), |s| format!("{s:.2}")),
-                r.duckdb_parquet_seconds
-                    .map_or("-".into(), |s| format!("{s:.2}"))
+                secs(r.duckdb_seconds),
+                secs(r.duckdb_parquet_seconds),
+                secs(r.polars_seconds),
+                secs(r.polars_parquet_seconds),
+                r.ratio_to_best_peer()
+                    .map_or("-".into(), |x| format!("{x:.2}x")),
+                r.peers_agree.map_or("-", |a| if a { "yes" } else { "NO" }),
             )?;
         }
         Ok(())

@@ -2,10 +2,12 @@
 //! asked, to a JSON file.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use strata_benches::{
-    CompactBench, EndToEnd, IngestBench, QueryBench, DEFAULT_BENCH_EVENTS, DEFAULT_BENCH_ROOT,
+    BudgetsBench, CompactBench, EndToEnd, FetchBench, IngestBench, QueryBench,
+    DEFAULT_BENCH_EVENTS, DEFAULT_BENCH_ROOT,
 };
 use strata_engine::Storage;
 use strata_ingest::IngestOptions;
@@ -20,6 +22,56 @@ pub enum BenchCommand {
     Purge(BenchPurgeArgs),
     /// Query time over one partition of 1,000 small files, before and after compacting it.
     Compact(BenchCompactArgs),
+    /// Latency of budget decisions (GET /v1/ai/budgets/decision) under concurrent callers, on
+    /// an in-process server with 20 budgets; fails when any answer was not a decision.
+    Budgets(BenchBudgetsArgs),
+    /// Rows per second fetching the same rows over HTTP (JSON, Arrow), the Postgres wire
+    /// protocol and Arrow Flight SQL, with the Python clients analysts use.
+    Fetch(BenchFetchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchFetchArgs {
+    /// Rows fetched per run.
+    #[arg(long, default_value_t = FetchBench::DEFAULT_ROWS)]
+    pub rows: u64,
+    /// Runs per surface (the median is reported).
+    #[arg(long, default_value_t = FetchBench::DEFAULT_REPEATS)]
+    pub repeats: usize,
+    /// A Python with psycopg, adbc-driver-flightsql and pyarrow (scripts/test.sh makes one in
+    /// ~/.cache/strata/venv).
+    #[arg(long, env = "STRATA_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Storage root for the run (default: a fresh temporary directory, removed after).
+    #[arg(long)]
+    pub storage_url: Option<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchBudgetsArgs {
+    /// Concurrent callers, each on its own keep-alive HTTP/1.1 connection.
+    #[arg(long, default_value_t = BudgetsBench::DEFAULT_CALLERS)]
+    pub callers: usize,
+    /// Seconds recorded, after a 1 s warm-up.
+    #[arg(long, default_value_t = BudgetsBench::DEFAULT_DURATION_SECS)]
+    pub duration_secs: u64,
+    /// AI calls written before the run (the spend the budgets' states come from).
+    #[arg(long, default_value_t = BudgetsBench::DEFAULT_EVENTS)]
+    pub events: u64,
+    /// Decisions each caller asks for per second, on a fixed schedule (latency counted from
+    /// when each was due); 0: each asks again as soon as answered (saturation: the latency is
+    /// then mostly queueing).
+    #[arg(long, default_value_t = BudgetsBench::DEFAULT_RATE_PER_CALLER)]
+    pub rate_per_caller: f64,
+    /// Storage root for the run (default: a fresh temporary directory, removed after).
+    #[arg(long)]
+    pub storage_url: Option<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +154,10 @@ pub struct BenchQueryArgs {
     /// Also time DuckDB on the same Parquet files with this Python (which must have `duckdb`).
     #[arg(long)]
     pub duckdb_python: Option<String>,
+    /// Also time Polars on the same Parquet files with this Python (which must have `polars`;
+    /// threads pinned to the cores, as DuckDB's).
+    #[arg(long)]
+    pub polars_python: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -140,6 +196,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let bench = QueryBench {
                 iterations: a.iterations,
                 duckdb_python: a.duckdb_python,
+                polars_python: a.polars_python,
                 panels: a.panels,
                 skip_rollups: a.skip_rollups,
             };
@@ -169,6 +226,39 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             if let Some(path) = &a.json_out {
                 std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
             }
+        }
+        BenchCommand::Fetch(a) => {
+            let bench = FetchBench {
+                rows: a.rows.max(1),
+                repeats: a.repeats.max(1),
+                python: a.python,
+                storage_url: a.storage_url,
+            };
+            let results = strata_benches::fetch::run(&bench).await?;
+            print!("{results}");
+            if let Some(path) = &a.json_out {
+                std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
+            }
+        }
+        BenchCommand::Budgets(a) => {
+            let bench = BudgetsBench {
+                callers: a.callers.max(1),
+                duration: Duration::from_secs(a.duration_secs.max(1)),
+                warmup: BudgetsBench::DEFAULT_WARMUP,
+                events: a.events,
+                storage_url: a.storage_url,
+                rate_per_caller: (a.rate_per_caller > 0.0).then_some(a.rate_per_caller),
+            };
+            let results = strata_benches::budgets::run(&bench).await?;
+            print!("{results}");
+            if let Some(path) = &a.json_out {
+                std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
+            }
+            anyhow::ensure!(
+                results.errors() == 0,
+                "{} of the requests got no decision: the run timed errors, not decisions",
+                results.errors()
+            );
         }
     }
     Ok(())
