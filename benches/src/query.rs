@@ -72,6 +72,12 @@ pub struct RollupTiming {
     /// Whether Polars' answer equals DuckDB's (group count and sums of every count column);
     /// None unless both ran.
     pub peers_agree: Option<bool>,
+    /// Rows of Strata's rollup table that differ from DuckDB's answer on the same files, on
+    /// every user-visible column but p95 (EXCEPT ALL both ways; 0 is equal); None unless
+    /// DuckDB ran and computes this rollup.
+    pub rows_differing_from_duckdb: Option<u64>,
+    /// ai_usage_daily only: groups whose sketched p95 is off DuckDB's exact one by over 2%.
+    pub p95_off_duckdb: Option<u64>,
 }
 
 impl RollupTiming {
@@ -117,6 +123,8 @@ pub async fn run(storage: &Storage, bench: &QueryBench) -> anyhow::Result<QueryR
             if let Some(t) = &duckdb {
                 r.duckdb_seconds = t[&r.rollup].as_f64();
                 r.duckdb_parquet_seconds = t[key(":parquet")].as_f64();
+                r.rows_differing_from_duckdb = t[key(":strata_diff")].as_u64();
+                r.p95_off_duckdb = t[key(":p95_off")].as_u64();
             }
             if let Some(t) = &polars {
                 r.polars_seconds = t[&r.rollup].as_f64();
@@ -208,6 +216,8 @@ async fn time_rollups(storage: &Storage, root: &RootSummary) -> anyhow::Result<V
             polars_seconds: None,
             polars_parquet_seconds: None,
             peers_agree: None,
+            rows_differing_from_duckdb: None,
+            p95_off_duckdb: None,
         });
         eprintln!("bench query: rollup {} in {seconds:.2} s", spec.name);
     }
@@ -224,6 +234,16 @@ fn source_rows(spec: &RollupSpec, root: &RootSummary, done: &[RollupTiming]) -> 
             .iter()
             .find(|r| r.rollup == other)
             .map_or(0, |r| r.rows as u64),
+    }
+}
+
+/// "yes", or "NO: n rows" (and the p95s past 2%), or "-" when DuckDB did not check this rollup.
+fn equal_to_duckdb(r: &RollupTiming) -> String {
+    match (r.rows_differing_from_duckdb, r.p95_off_duckdb.unwrap_or(0)) {
+        (None, _) => "-".into(),
+        (Some(0), 0) => "yes".into(),
+        (Some(rows), 0) => format!("NO: {rows} rows"),
+        (Some(rows), p95) => format!("NO: {rows} rows, {p95} p95s"),
     }
 }
 
@@ -357,7 +377,7 @@ impl fmt::Display for QueryResults {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<24} {:>12} {:>10} {:>14} {:>10} {:>16} {:>10} {:>16} {:>10} {:>12}",
+            "{:<24} {:>12} {:>10} {:>14} {:>10} {:>16} {:>10} {:>16} {:>10} {:>12} {:>14}",
             "rollup",
             "source rows",
             "seconds",
@@ -367,13 +387,14 @@ impl fmt::Display for QueryResults {
             "polars s",
             "polars->parquet",
             "vs best",
-            "peers agree"
+            "peers agree",
+            "= duckdb"
         )?;
         let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.2}"));
         for r in &self.rollups {
             writeln!(
                 f,
-                "{:<24} {:>12} {:>10.2} {:>14.0} {:>10} {:>16} {:>10} {:>16} {:>10} {:>12}",
+                "{:<24} {:>12} {:>10.2} {:>14.0} {:>10} {:>16} {:>10} {:>16} {:>10} {:>12} {:>14}",
                 r.rollup,
                 r.source_rows,
                 r.seconds,
@@ -385,6 +406,7 @@ impl fmt::Display for QueryResults {
                 r.ratio_to_best_peer()
                     .map_or("-".into(), |x| format!("{x:.2}x")),
                 r.peers_agree.map_or("-", |a| if a { "yes" } else { "NO" }),
+                equal_to_duckdb(r),
             )?;
         }
         Ok(())

@@ -22,17 +22,20 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::NaiveDate;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::catalog::Snapshot;
 use crate::delta::commit::{self, PartitionReplace};
 use crate::delta::log::changed_dates;
 use crate::jobs::{JobRun, JobRuns};
 use crate::literal::date_literal;
 use crate::registry::{RollupSpec, ROLLUPS};
 use crate::table::EventTable;
-use crate::{Catalog, EngineError, Result, Storage};
+use crate::{Catalog, EngineError, QueryLimits, Result, Storage};
 
 impl RollupSpec {
     /// The SQL restricted to `dates` (all dates when None).
@@ -217,7 +220,11 @@ async fn run_one(
     report.dates = dates.iter().flatten().copied().collect();
 
     let prepared_ms = ms();
-    let batches = compute(&ctx, spec, dates.as_ref(), &schema).await?;
+    let days = match &dates {
+        Some(d) => d.clone(),
+        None => crate::delta::log::dates_at(catalog.storage(), spec.source, to_version).await?,
+    };
+    let batches = compute(&snapshot, catalog.runtime(), spec, &days, &schema).await?;
     report.rows = batches.iter().map(|b| b.num_rows()).sum();
     let computed_ms = ms();
 
@@ -324,18 +331,51 @@ fn columns_changed(table: &EventTable, schema: &SchemaRef) -> Result<bool> {
     Ok(stored != wanted)
 }
 
-/// The rollup's rows for `dates` (every day when None), in `schema`.
+/// The rollup's rows for `days`, in `schema`.
+///
+/// Days never share a group, so each day is its own statement on one partition: a single
+/// aggregation with a hash table of that day's groups, no repartitioning and no merging of
+/// partial states (which for the per-item rollup carried every group's visitor hashes across
+/// partitions twice). As many days run at once as there are cores, each on its own task; fewer
+/// days than cores (an incremental run of today) share the cores out as partitions.
 async fn compute(
-    ctx: &SessionContext,
-    spec: &RollupSpec,
-    dates: Option<&BTreeSet<NaiveDate>>,
+    snapshot: &Snapshot,
+    runtime: &RuntimeEnv,
+    spec: &'static RollupSpec,
+    days: &BTreeSet<NaiveDate>,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
-    let df = ctx.sql(&spec.sql_for(dates)).await?;
-    df.collect()
-        .await
-        .map_err(EngineError::from_execution)?
+    let cores = strata_schemas::cores();
+    let limits = QueryLimits {
+        target_partitions: (cores / days.len().max(1)).max(1),
+        ..Default::default()
+    };
+    let ctx = snapshot.context(runtime, &limits)?;
+    // Collected first: a lazy iterator of futures is not Send across the await below.
+    let tasks: Vec<_> = days
         .iter()
+        .map(|&day| {
+            let ctx = ctx.clone();
+            let sql = spec.sql_for(Some(&BTreeSet::from([day])));
+            async move {
+                tokio::spawn(async move {
+                    let df = ctx.sql(&sql).await?;
+                    let batches = df.collect().await.map_err(EngineError::from_execution)?;
+                    Ok::<_, EngineError>((day, batches))
+                })
+                .await
+                .map_err(|e| EngineError::Internal(format!("a rollup day's task failed: {e}")))?
+            }
+        })
+        .collect();
+    let mut per_day: Vec<(NaiveDate, Vec<RecordBatch>)> = futures::stream::iter(tasks)
+        .buffer_unordered(cores)
+        .try_collect()
+        .await?;
+    per_day.sort_by_key(|(day, _)| *day);
+    per_day
+        .iter()
+        .flat_map(|(_, batches)| batches)
         .map(|b| normalize(b, schema))
         .collect()
 }

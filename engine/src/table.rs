@@ -291,4 +291,42 @@ mod tests {
             "no user id in statistics: {log}"
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_append_is_encoded_by_one_writer_per_core_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open_dir(dir.path()).await.unwrap();
+        let mut table =
+            EventTable::open_or_create(&storage, TableSpec::for_events(EventKind::LinkClick))
+                .await
+                .unwrap();
+        // 150,000 rows of one day: past twice the rows a writer needs to be worth a task.
+        let one = batch(&["0b7f3c1e-8a8e-4f5e-9a51-3f0c2b0d9e11"]);
+        let rows = 150_000;
+        let idx = arrow::array::UInt32Array::from(vec![0u32; rows]);
+        let big = arrow::compute::take_record_batch(&one, &idx).unwrap();
+        let out = table
+            .append(
+                &[big],
+                &[TxnUpdate {
+                    app_id: "strata-g-clicks-0".into(),
+                    expected: None,
+                    next: rows as i64,
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.rows, rows);
+        assert_eq!(out.version, 1, "one commit");
+        // One file per writer: as many as the cores, at most two for this many rows.
+        assert_eq!(out.files, strata_schemas::cores().min(2));
+        let session = SqlSession::open(&storage).await.unwrap();
+        assert_eq!(
+            session
+                .query_i64("SELECT count(*) FROM link_clicks")
+                .await
+                .unwrap(),
+            Some(rows as i64)
+        );
+    }
 }

@@ -22,7 +22,7 @@ mod validate;
 pub use ai_usage::AiUsage;
 pub use click::LinkClick;
 pub use dead_letter::{dead_letter_schema, DeadLetter, DeadLetterBuilder, DEAD_LETTERS_TABLE};
-pub use decode::{Decoded, EventDecoder, RawMessage, Reject};
+pub use decode::{cores, Decoded, EventDecoder, RawMessage, Reject};
 pub use error::{Result, SchemaError};
 pub use kind::{EventKind, PersonId, LINEAGE_COLUMNS, PARTITION_COLUMN};
 

@@ -205,6 +205,21 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             if let Some(path) = &a.json_out {
                 std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
             }
+            // A fast wrong answer is no result: the run fails when DuckDB disagrees.
+            let differing: Vec<&str> = results
+                .rollups
+                .iter()
+                .filter(|r| {
+                    r.rows_differing_from_duckdb.unwrap_or(0) > 0
+                        || r.p95_off_duckdb.unwrap_or(0) > 0
+                })
+                .map(|r| r.rollup.as_str())
+                .collect();
+            anyhow::ensure!(
+                differing.is_empty(),
+                "Strata's answers differ from DuckDB's on the same files: {}",
+                differing.join(", ")
+            );
         }
         BenchCommand::Purge(a) => {
             let storage = bench_root("bench purge", &a.storage_url, a.events).await?;

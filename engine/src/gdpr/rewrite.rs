@@ -14,13 +14,14 @@ use object_store::ObjectStoreExt;
 // ParquetObjectReader is deprecated in arrow 59 in favour of a hand-written AsyncFileReader;
 // it still does ranged reads (footer, bloom filters) on any object store, which is what a
 // purge needs. Replacing it is noted in docs/operations/gdpr.md.
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use tracing::info;
 
 use super::purge::{pause_point, TablePurge};
-use super::subject::{Subject, SubjectColumn};
+use super::subject::{matching_rows, Subject, SubjectColumn};
 use crate::delta::{commit, layout, log};
 use crate::registry::TableSpec;
 use crate::writer::writer_properties;
@@ -155,8 +156,7 @@ async fn inspect_files(
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut tasks = Vec::with_capacity(files.len());
     for uri in files {
-        let writer =
-            RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties(spec));
+        let writer = RecordBatchWriter::for_table(table)?;
         let (store, url, uri) = (store.clone(), url.clone(), uri.clone());
         let (subject, spec) = (subject.clone(), spec.clone());
         tasks.push(async move {
@@ -170,7 +170,7 @@ async fn inspect_files(
                 let read_ms = started.elapsed().as_millis() as u64;
                 // A bloom false positive (nothing of the subject) is left as it is.
                 let adds = if hit.removed > 0 {
-                    rewrite(writer, &hit.kept).await?
+                    rewrite(writer, &spec, &hit.kept).await?
                 } else {
                     Vec::new()
                 };
@@ -241,10 +241,16 @@ async fn delete_removed(storage: &Storage, table: &str, removes: &[Remove]) -> R
 
 /// Writes the rows a file keeps (none when the subject was all it held, or when the bloom
 /// filter was a false positive) as new files; returns their add actions.
-async fn rewrite(mut writer: RecordBatchWriter, kept: &[RecordBatch]) -> Result<Vec<Add>> {
+async fn rewrite(
+    writer: RecordBatchWriter,
+    spec: &TableSpec,
+    kept: &[RecordBatch],
+) -> Result<Vec<Add>> {
     if kept.is_empty() {
         return Ok(Vec::new());
     }
+    let rows = kept.iter().map(RecordBatch::num_rows).sum();
+    let mut writer = writer.with_writer_properties(writer_properties(spec, rows));
     for b in kept {
         writer.write(b.clone()).await?;
     }
@@ -306,8 +312,11 @@ async fn inspect_file(
     }))
 }
 
-/// The rows of the Parquet file at `path` (`size` bytes), or None when its bloom filters rule
-/// the subject out (see [`may_hold`]) and nothing is read past its footer.
+/// The rows of the Parquet file at `path` (`size` bytes), or None when it holds nothing of the
+/// subject and nothing past its subject columns was read: the bloom filters of each row group
+/// rule the subject out (see [`row_groups_that_may_hold`]), or a read of only the subject
+/// columns of the row groups they let through finds no id (a bloom false positive costs that
+/// column read, never the whole file).
 #[allow(deprecated)]
 pub(super) async fn read_if_may_hold(
     store: Arc<dyn object_store::ObjectStore>,
@@ -316,12 +325,36 @@ pub(super) async fn read_if_may_hold(
     columns: &[SubjectColumn<'_>],
 ) -> Result<Option<Vec<RecordBatch>>> {
     let failed = |e: parquet::errors::ParquetError| EngineError::Internal(format!("{path}: {e}"));
-    let reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
-    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+    let mut reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
+    let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
         .await
         .map_err(failed)?;
-    if !may_hold(&mut builder, columns).await? {
+    let mut builder =
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader.clone(), metadata.clone());
+    let groups = row_groups_that_may_hold(&mut builder, columns).await?;
+    if groups.is_empty() {
         return Ok(None);
+    }
+    // Free text (a dead letter's payload) has no bloom filter: the whole file is the check.
+    if !columns.iter().any(|c| c.in_text) {
+        let names = columns.iter().map(|c| c.column);
+        let mask = ProjectionMask::columns(builder.parquet_schema(), names);
+        let mut ids = builder
+            .with_row_groups(groups)
+            .with_projection(mask)
+            .build()
+            .map_err(failed)?;
+        let mut found = false;
+        while let Some(batch) = ids.try_next().await.map_err(failed)? {
+            if matching_rows(&batch, columns)?.true_count() > 0 {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Ok(None);
+        }
+        builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
     }
     let batches = builder
         .build()
@@ -332,20 +365,21 @@ pub(super) async fn read_if_may_hold(
     Ok(Some(batches))
 }
 
-/// False when the bloom filters of every row group rule the subject out for every column that
-/// has one. A column without a bloom filter (or the dead-letter payload, matched by
-/// containment) always needs a scan.
+/// The row groups whose bloom filters do not rule the subject out for the columns that have
+/// one; every row group when a subject column has no bloom filter (or is free text, matched by
+/// containment).
 #[allow(deprecated)]
-async fn may_hold(
+async fn row_groups_that_may_hold(
     builder: &mut ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
     columns: &[SubjectColumn<'_>],
-) -> Result<bool> {
+) -> Result<Vec<usize>> {
+    let groups = builder.metadata().num_row_groups();
     if columns.iter().any(|c| c.in_text) {
-        return Ok(true);
+        return Ok((0..groups).collect());
     }
     let schema = builder.parquet_schema().clone();
-    let groups = builder.metadata().num_row_groups();
-    for rg in 0..groups {
+    let mut may_hold = Vec::new();
+    'groups: for rg in 0..groups {
         for SubjectColumn { column, ids, .. } in columns {
             let Some(idx) = (0..schema.num_columns()).find(|i| schema.column(*i).name() == *column)
             else {
@@ -355,17 +389,17 @@ async fn may_hold(
                 .get_row_group_column_bloom_filter(rg, idx)
                 .await
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
-            match bloom {
-                Some(sbbf) => {
-                    if ids.iter().any(|id| sbbf.check(*id)) {
-                        return Ok(true);
-                    }
-                }
-                None => return Ok(true),
+            let maybe = match bloom {
+                Some(sbbf) => ids.iter().any(|id| sbbf.check(*id)),
+                None => true,
+            };
+            if maybe {
+                may_hold.push(rg);
+                continue 'groups;
             }
         }
     }
-    Ok(false)
+    Ok(may_hold)
 }
 
 /// `event_date=2026-10-01/part-...parquet` -> (days since the epoch, "2026-10-01").
@@ -418,4 +452,83 @@ async fn vacuum_previous_purges(storage: &Storage, table: &str) -> Result<usize>
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{ObjectStoreExt, PutPayload};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+
+    /// A file of 1,000 users whose bloom filter (sized for one value) lets any id through.
+    async fn file_with_a_saturated_bloom() -> (Arc<dyn object_store::ObjectStore>, Path, u64) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..1_000).map(|i| format!("u-{i}")),
+                )),
+                Arc::new(Int64Array::from_iter_values(0..1_000)),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_bloom_filter_enabled(true)
+            .set_bloom_filter_max_ndv(1)
+            .set_bloom_filter_fpp(0.5)
+            .build();
+        let mut buf = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let size = buf.len() as u64;
+        let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("t/part-0.parquet");
+        store.put(&path, PutPayload::from(buf)).await.unwrap();
+        (store, path, size)
+    }
+
+    fn user(id: &str) -> SubjectColumn<'_> {
+        SubjectColumn {
+            column: "user_id",
+            ids: vec![id],
+            in_text: false,
+        }
+    }
+
+    #[allow(deprecated)]
+    #[tokio::test]
+    async fn a_bloom_false_positive_costs_the_subject_column_not_the_file() {
+        let (store, path, size) = file_with_a_saturated_bloom().await;
+        // The bloom filter does let the absent id through...
+        let reader = ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(size);
+        let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await.unwrap();
+        let groups = row_groups_that_may_hold(&mut builder, &[user("u-5000")])
+            .await
+            .unwrap();
+        assert_eq!(groups, vec![0], "the test needs a false positive");
+        // ...and the read of its user_id column rules the file out.
+        let absent = read_if_may_hold(store.clone(), &path, size, &[user("u-5000")])
+            .await
+            .unwrap();
+        assert!(absent.is_none());
+        // A present id gets the whole file, every column.
+        let present = read_if_may_hold(store, &path, size, &[user("u-7")])
+            .await
+            .unwrap()
+            .expect("u-7 is in the file");
+        let rows: usize = present.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 1_000);
+        assert_eq!(present[0].num_columns(), 2);
+    }
 }

@@ -208,36 +208,44 @@ impl Subject {
 
     /// Rows of `batch` (of `table`) that are about the subject.
     pub(crate) fn matches(&self, table: &str, batch: &RecordBatch) -> Result<BooleanArray> {
-        let mut mask = vec![false; batch.num_rows()];
-        for SubjectColumn {
-            column,
-            ids,
-            in_text,
-        } in self.columns(table)
-        {
-            let Some(values) = batch.column_by_name(column) else {
-                continue;
-            };
-            let values: ArrayRef = arrow::compute::cast(values, &DataType::Utf8)?;
-            let values = values
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .expect("cast to Utf8");
-            if in_text {
-                for (i, v) in values.iter().enumerate() {
-                    if let Some(v) = v {
-                        mask[i] |= ids.iter().any(|id| names(v, id));
-                    }
-                }
-            } else {
-                let set: HashSet<&str> = ids.iter().copied().collect();
-                for (i, v) in values.iter().enumerate() {
-                    mask[i] |= v.is_some_and(|v| set.contains(v));
+        matching_rows(batch, &self.columns(table))
+    }
+}
+
+/// Rows of `batch` that hold one of the ids of `columns` (a column `batch` lacks holds none).
+pub(crate) fn matching_rows(
+    batch: &RecordBatch,
+    columns: &[SubjectColumn<'_>],
+) -> Result<BooleanArray> {
+    let mut mask = vec![false; batch.num_rows()];
+    for SubjectColumn {
+        column,
+        ids,
+        in_text,
+    } in columns
+    {
+        let Some(values) = batch.column_by_name(column) else {
+            continue;
+        };
+        let values: ArrayRef = arrow::compute::cast(values, &DataType::Utf8)?;
+        let values = values
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("cast to Utf8");
+        if *in_text {
+            for (i, v) in values.iter().enumerate() {
+                if let Some(v) = v {
+                    mask[i] |= ids.iter().any(|id| names(v, id));
                 }
             }
+        } else {
+            let set: HashSet<&str> = ids.iter().copied().collect();
+            for (i, v) in values.iter().enumerate() {
+                mask[i] |= v.is_some_and(|v| set.contains(v));
+            }
         }
-        Ok(BooleanArray::from(mask))
     }
+    Ok(BooleanArray::from(mask))
 }
 
 fn as_strs(ids: &[String]) -> Vec<&str> {

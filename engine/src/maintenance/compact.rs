@@ -396,7 +396,7 @@ async fn write_bin(
     target: u64,
 ) -> Result<Vec<Add>> {
     let mut writer = RecordBatchWriter::for_table(&table.delta)?
-        .with_writer_properties(writer_properties(spec))
+        .with_writer_properties(writer_properties(spec, batch.num_rows()))
         .with_target_file_size(target);
     writer.write(batch).await?;
     Ok(writer.flush().await?)

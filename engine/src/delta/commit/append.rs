@@ -223,7 +223,16 @@ impl PendingFiles {
     }
 }
 
+/// Rows below which an append writes its files on one task: one writer per core pays off on
+/// a flush (200,000 rows by default), not on a trickle.
+const PARALLEL_WRITE_MIN_ROWS: usize = 64 * 1024;
+
 /// The Parquet files of `batches` (none when they hold no row), written but not committed.
+///
+/// The rows, ordered by (partition, sort column), are cut into one contiguous run per core and
+/// each run is encoded by its own writer on its own task, so the encoding of one flush spreads
+/// over the cores; a partition cut between two runs gets a file from each. One commit still
+/// adds them all.
 async fn write_files(
     table: &DeltaTable,
     spec: &TableSpec,
@@ -234,10 +243,28 @@ async fn write_files(
         return Ok(Vec::new());
     }
     let batch = sorted(spec, batches)?;
-    let mut writer =
-        RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties(spec));
-    writer.write(batch).await?;
-    Ok(writer.flush().await?)
+    let writers = strata_schemas::cores()
+        .min(rows / PARALLEL_WRITE_MIN_ROWS)
+        .max(1);
+    let run = rows.div_ceil(writers);
+    let mut tasks = Vec::with_capacity(writers);
+    for start in (0..rows).step_by(run) {
+        let slice = batch.slice(start, run.min(rows - start));
+        let mut writer = RecordBatchWriter::for_table(table)?
+            .with_writer_properties(writer_properties(spec, slice.num_rows()));
+        tasks.push(tokio::spawn(async move {
+            writer.write(slice).await?;
+            writer.flush().await
+        }));
+    }
+    let mut adds = Vec::new();
+    for task in tasks {
+        let written = task
+            .await
+            .map_err(|e| EngineError::Internal(format!("a Parquet writer task failed: {e}")))?;
+        adds.extend(written?);
+    }
+    Ok(adds)
 }
 
 /// One batch ordered by (partition column, sort column).

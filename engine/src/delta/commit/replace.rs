@@ -44,6 +44,7 @@ pub(crate) async fn replace_partitions(
     replace: PartitionReplace,
 ) -> Result<Option<u64>> {
     let mut table = table.clone();
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
     let mut attempt = 1;
     loop {
         let props = CommitProperties::default()
@@ -55,7 +56,7 @@ pub(crate) async fn replace_partitions(
             .write(batches.clone())
             .with_save_mode(SaveMode::Overwrite)
             .with_partition_columns([spec.partition_column])
-            .with_writer_properties(writer_properties(spec))
+            .with_writer_properties(writer_properties(spec, rows))
             .with_commit_properties(props);
         if replace.new_schema {
             write = write.with_schema_mode(SchemaMode::Overwrite);
