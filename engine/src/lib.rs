@@ -57,7 +57,7 @@ pub use readonly::{
 };
 pub use redact::Redactor;
 pub use registry::{RollupSpec, TableSpec, ROLLUPS};
-pub use rollup::{RollupBuilder, RollupReport};
+pub use rollup::{PurgedRows, RollupBuilder, RollupReport};
 pub use session::{scalar_i64, PlannedQuery, SqlSession};
 pub use storage::{Storage, StorageOptions};
 pub use table::EventTable;

@@ -328,6 +328,10 @@ pub struct RollupSpec {
     pub source: &'static str,
     pub sql: &'static str,
     pub stats_columns: &'static [&'static str],
+    /// The columns besides `event_date` that key a row of a rollup of a raw table (one group
+    /// per day and value of each): a purge recomputes only the groups its subject's rows were
+    /// in. Empty for a rollup of a rollup, which recomputes its days whole.
+    pub group_columns: &'static [&'static str],
 }
 
 /// The rollups, a rollup after the rollup it reads.
@@ -336,6 +340,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         name: "click_stats_daily",
         source: "link_clicks",
         sql: include_str!("../sql/rollups/click_stats_daily.sql"),
+        group_columns: &["category", "item_type", "source"],
         stats_columns: &[
             "category",
             "item_type",
@@ -352,12 +357,14 @@ pub const ROLLUPS: &[RollupSpec] = &[
         name: "click_stats_daily_totals",
         source: "click_stats_daily",
         sql: include_str!("../sql/rollups/click_stats_daily_totals.sql"),
+        group_columns: &[],
         stats_columns: &["clicks", "human_clicks", "unique_users", "unique_sessions"],
     },
     RollupSpec {
         name: "click_stats_daily_items",
         source: "link_clicks",
         sql: include_str!("../sql/rollups/click_stats_daily_items.sql"),
+        group_columns: &["item_id", "item_type", "category"],
         stats_columns: &[
             "event_date",
             "item_type",
@@ -371,12 +378,14 @@ pub const ROLLUPS: &[RollupSpec] = &[
         name: "click_stats_daily_top_items",
         source: "click_stats_daily_items",
         sql: include_str!("../sql/rollups/click_stats_daily_top_items.sql"),
+        group_columns: &[],
         stats_columns: &["event_date", "item_type", "category", "clicks"],
     },
     RollupSpec {
         name: "ai_usage_daily",
         source: "ai_usage",
         sql: include_str!("../sql/rollups/ai_usage_daily.sql"),
+        group_columns: &["feature", "provider", "model"],
         stats_columns: &[
             "feature", "provider", "model", "calls", "errors", "cost_usd",
         ],

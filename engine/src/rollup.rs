@@ -28,6 +28,10 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tracing::{info, warn};
 
+mod purged;
+
+pub use purged::PurgedRows;
+
 use crate::catalog::Snapshot;
 use crate::delta::commit::{self, PartitionReplace};
 use crate::delta::log::changed_dates;
@@ -68,6 +72,9 @@ pub struct RollupReport {
     pub to_version: Option<u64>,
     /// True when everything was recomputed.
     pub full: bool,
+    /// True when the days were recomputed for a purged subject's groups only (see
+    /// `rollup/purged.rs`).
+    pub subject_groups_only: bool,
     pub dates: Vec<NaiveDate>,
     pub rows: usize,
     pub version: Option<u64>,
@@ -83,6 +90,7 @@ impl RollupReport {
             from_version: None,
             to_version,
             full: false,
+            subject_groups_only: false,
             dates: vec![],
             rows: 0,
             version: None,
@@ -97,6 +105,7 @@ pub struct RollupBuilder {
     rebuild: bool,
     only: Option<String>,
     jobs: bool,
+    purged: Vec<PurgedRows>,
 }
 
 impl RollupBuilder {
@@ -106,7 +115,15 @@ impl RollupBuilder {
             rebuild: false,
             only: None,
             jobs: true,
+            purged: Vec::new(),
         }
+    }
+
+    /// The rows a purge just removed from raw tables: a rollup whose only change since its
+    /// last run is that purge recomputes the subject's groups only.
+    pub fn purged(mut self, rows: Vec<PurgedRows>) -> Self {
+        self.purged = rows;
+        self
     }
 
     pub fn rebuild(mut self, yes: bool) -> Self {
@@ -144,12 +161,13 @@ impl RollupBuilder {
                 continue;
             }
             let started = chrono::Utc::now();
-            let mut result = run_one(&self.catalog, spec, self.rebuild).await;
+            let purged = self.purged.iter().find(|p| p.table == spec.source);
+            let mut result = run_one(&self.catalog, spec, self.rebuild, purged).await;
             if matches!(&result, Err(e) if e.is_missing_file()) {
                 // A purge, retention or vacuum deleted a file of the snapshot this run read:
                 // once more, on a fresh one.
                 let _ = self.catalog.refresh().await;
-                result = run_one(&self.catalog, spec, self.rebuild).await;
+                result = run_one(&self.catalog, spec, self.rebuild, purged).await;
             }
             if self.jobs {
                 let (status, detail) = match &result {
@@ -182,6 +200,7 @@ async fn run_one(
     catalog: &Catalog,
     spec: &'static RollupSpec,
     rebuild: bool,
+    purged: Option<&PurgedRows>,
 ) -> Result<RollupReport> {
     let started = Instant::now();
     let ms = || started.elapsed().as_millis() as u64;
@@ -224,7 +243,25 @@ async fn run_one(
         Some(d) => d.clone(),
         None => crate::delta::log::dates_at(catalog.storage(), spec.source, to_version).await?,
     };
-    let batches = compute(&snapshot, catalog.runtime(), spec, &days, &schema).await?;
+    let groups = match (&dates, purged) {
+        (Some(days), Some(p)) => {
+            purged::group_predicates(catalog.storage(), spec, plan.from, to_version, p, days)
+                .await?
+        }
+        _ => None,
+    };
+    report.subject_groups_only = groups.is_some();
+    let columns: String = schema
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let statements = |day: NaiveDate| match &groups {
+        Some(g) => purged::day_statements(spec, day, &g[&day], &columns),
+        None => vec![spec.sql_for(Some(&BTreeSet::from([day])))],
+    };
+    let batches = compute(&snapshot, catalog.runtime(), &days, statements, &schema).await?;
     report.rows = batches.iter().map(|b| b.num_rows()).sum();
     let computed_ms = ms();
 
@@ -246,6 +283,7 @@ async fn run_one(
     info!(
         rollup = spec.name,
         full = report.full,
+        subject_groups_only = report.subject_groups_only,
         days = report.dates.len(),
         rows = report.rows,
         prepared_ms,
@@ -331,9 +369,9 @@ fn columns_changed(table: &EventTable, schema: &SchemaRef) -> Result<bool> {
     Ok(stored != wanted)
 }
 
-/// The rollup's rows for `days`, in `schema`.
+/// The rollup's rows for `days`, in `schema`: the rows of `statements(day)` for each day.
 ///
-/// Days never share a group, so each day is its own statement on one partition: a single
+/// Days never share a group, so each day is its own statements on one partition: a single
 /// aggregation with a hash table of that day's groups, no repartitioning and no merging of
 /// partial states (which for the per-item rollup carried every group's visitor hashes across
 /// partitions twice). As many days run at once as there are cores, each on its own task; fewer
@@ -341,8 +379,8 @@ fn columns_changed(table: &EventTable, schema: &SchemaRef) -> Result<bool> {
 async fn compute(
     snapshot: &Snapshot,
     runtime: &RuntimeEnv,
-    spec: &'static RollupSpec,
     days: &BTreeSet<NaiveDate>,
+    statements: impl Fn(NaiveDate) -> Vec<String>,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
     let cores = strata_schemas::cores();
@@ -356,11 +394,14 @@ async fn compute(
         .iter()
         .map(|&day| {
             let ctx = ctx.clone();
-            let sql = spec.sql_for(Some(&BTreeSet::from([day])));
+            let sqls = statements(day);
             async move {
                 tokio::spawn(async move {
-                    let df = ctx.sql(&sql).await?;
-                    let batches = df.collect().await.map_err(EngineError::from_execution)?;
+                    let mut batches = Vec::new();
+                    for sql in sqls {
+                        let df = ctx.sql(&sql).await?;
+                        batches.extend(df.collect().await.map_err(EngineError::from_execution)?);
+                    }
                     Ok::<_, EngineError>((day, batches))
                 })
                 .await

@@ -3,6 +3,7 @@ use std::pin::Pin;
 
 use std::time::Instant;
 
+use arrow::array::RecordBatch;
 use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -16,6 +17,7 @@ use super::subject::{GdprKey, Subject};
 use super::tombstone::Tombstones;
 use crate::delta::layout;
 use crate::registry::{self, TableSpec};
+use crate::rollup::PurgedRows;
 use crate::{Catalog, EngineError, Result, RollupBuilder, Storage};
 
 /// Test hook: when `STRATA_TEST_PAUSE_AT` names this step, the purge stops here for good (a
@@ -52,6 +54,10 @@ pub struct TablePurge {
     pub files_vacuumed: usize,
     /// Wall time of this table's scan, rewrite, commit and deletes.
     pub elapsed_ms: u64,
+    /// The subject's rows the commit `version_after` removed: the rollups recompute only the
+    /// groups they were in. Never in a receipt.
+    #[serde(skip)]
+    pub(crate) subject_rows: Vec<RecordBatch>,
 }
 
 /// The receipt of a purge: what was done and the proof that nothing is left.
@@ -211,12 +217,13 @@ impl PurgeBuilder {
             done.rounds += 1;
             let step = Instant::now();
             // The raw tables are independent (one commit each): they are purged concurrently.
-            let round = futures::future::try_join_all(
+            let mut round = futures::future::try_join_all(
                 specs
                     .iter()
                     .map(|spec| purge_table(&self.storage, &self.subject, spec, &self.request_id)),
             )
             .await?;
+            let purged = purged_rows(&mut round);
             add_round(&mut done.tables, round);
             done.exports_deleted += delete_exports_of(&self.storage, subject_hash).await?;
             done.timings.rewrite += ms(step);
@@ -224,7 +231,10 @@ impl PurgeBuilder {
             // Rollups recompute the days whose files changed; the catalog sees the new versions.
             let step = Instant::now();
             let catalog = Catalog::open(&self.storage).await?;
-            let rollups = RollupBuilder::new(catalog.clone()).run().await?;
+            let rollups = RollupBuilder::new(catalog.clone())
+                .purged(purged)
+                .run()
+                .await?;
             done.rollup_days_recomputed += rollups.iter().map(|r| r.dates.len()).sum::<usize>();
             done.timings.rollups += ms(step);
             pause_point("verify").await;
@@ -268,6 +278,21 @@ fn incomplete(receipt: &PurgeReceipt) -> EngineError {
             .collect::<Vec<_>>()
             .join(", ")
     ))
+}
+
+/// The subject's rows each table's commit in this round removed, taken out of its report.
+fn purged_rows(round: &mut [TablePurge]) -> Vec<PurgedRows> {
+    round
+        .iter_mut()
+        .filter(|t| !t.subject_rows.is_empty())
+        .filter_map(|t| {
+            Some(PurgedRows {
+                table: t.table.clone(),
+                version: t.version_after?,
+                rows: std::mem::take(&mut t.subject_rows),
+            })
+        })
+        .collect()
 }
 
 /// Adds one round's per-table reports to the totals (the first round's `version_before` and

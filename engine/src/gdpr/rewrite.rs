@@ -121,6 +121,7 @@ async fn rewrite_table(
     report.version_after = Some(version);
     report.files_scanned += found.scanned;
     report.rows_removed += found.rows_removed;
+    report.subject_rows.extend(found.subject_rows);
     report.files_rewritten += found.removes.len();
     report.bytes_rewritten += found.bytes_rewritten;
     pause_point(&format!("commit:{}", spec.name)).await;
@@ -201,6 +202,8 @@ struct Rewrite {
     removes: Vec<Remove>,
     adds: Vec<Add>,
     rows_removed: usize,
+    /// The rows removed, for the rollups (see [`FileHit::subject_rows`]).
+    subject_rows: Vec<RecordBatch>,
     bytes_rewritten: i64,
 }
 
@@ -213,6 +216,7 @@ impl Rewrite {
                 continue; // a bloom false positive
             }
             out.rows_removed += hit.removed;
+            out.subject_rows.extend(hit.subject_rows);
             out.bytes_rewritten += hit.size as i64;
             out.adds.extend(file_adds);
             out.removes.push(commit::removal(
@@ -264,6 +268,9 @@ struct FileHit {
     /// The partition value as written in the path (`2026-10-01`).
     partition: String,
     removed: usize,
+    /// The subject's rows (in the table's schema): the groups of the rollups they were in
+    /// are the only ones recomputed (`crate::rollup::PurgedRows`).
+    subject_rows: Vec<RecordBatch>,
     kept: Vec<RecordBatch>,
 }
 
@@ -294,9 +301,14 @@ async fn inspect_file(
     let (days, partition) = partition_value(&rel, spec.partition_column)?;
     let mut removed = 0;
     let mut kept = Vec::new();
+    let mut subject_rows = Vec::new();
     for b in &batches {
         let hit = subject.matches(spec.name, b)?;
         removed += hit.true_count();
+        if hit.true_count() > 0 {
+            let gone = arrow::compute::filter_record_batch(b, &hit)?;
+            subject_rows.push(with_partition(gone, spec, days)?);
+        }
         let keep = arrow::compute::not(&hit)?;
         let rest = arrow::compute::filter_record_batch(b, &keep)?;
         if rest.num_rows() > 0 {
@@ -308,6 +320,7 @@ async fn inspect_file(
         size: meta.size,
         partition,
         removed,
+        subject_rows,
         kept,
     }))
 }

@@ -126,3 +126,112 @@ async fn late_events_recompute_only_their_days_and_match_a_rebuild() {
     // Five runs of every rollup.
     assert_eq!(runs, vec![format!("| {:<8} |", 5 * ROLLUPS.len())]);
 }
+
+/// The jobs of the rollup runs in job_runs whose report says `subject_groups_only`, sorted.
+async fn subject_group_runs(session: &SqlSession) -> Vec<String> {
+    session.refresh().await.unwrap();
+    let (_, batches) = session
+        .query("SELECT job FROM job_runs WHERE detail LIKE '%\"subject_groups_only\":true%'")
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for b in &batches {
+        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let col = col
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        jobs.extend(col.iter().flatten().map(String::from));
+    }
+    jobs.sort();
+    jobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_recomputes_only_its_subjects_groups_and_matches_a_rebuild() {
+    use strata_engine::gdpr::{PurgeBuilder, Subject};
+    let fx = fixture().await;
+    let session = SqlSession::open(&fx.storage).await.unwrap();
+    // Two subjects (the fixture's ids are too short for the purge's id rule): clicks on
+    // two days in groups other visitors share, one on an item nobody else clicked (its group
+    // must go), and AI calls.
+    let as_user = |line: &str, user: &str, item: Option<&str>| {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["event_id"] = uuid::Uuid::new_v4().to_string().into();
+        v["user_id"] = user.into();
+        if let Some(item) = item {
+            v["item_id"] = item.into();
+        }
+        v.to_string()
+    };
+    let clicks = data("link_clicks.jsonl");
+    let lines: Vec<&str> = clicks.lines().collect();
+    let subject_clicks = [
+        as_user(lines[0], "u-first", None),
+        as_user(lines[5], "u-first", None),
+        as_user(lines[5], "u-first", Some("m-only-first")),
+        as_user(lines[2], "u-second", None),
+    ]
+    .join("\n");
+    append(&fx.storage, EventKind::LinkClick, &subject_clicks, 100).await;
+    let ai = data("ai_usage.jsonl");
+    let ai_lines: Vec<&str> = ai.lines().collect();
+    let subject_ai = [
+        as_user(ai_lines[0], "u-first", None),
+        as_user(ai_lines[1], "u-second", None),
+    ]
+    .join("\n");
+    append(&fx.storage, EventKind::AiUsage, &subject_ai, 100).await;
+    RollupBuilder::new(fx.catalog.clone()).run().await.unwrap();
+    assert_rollups_equal_recomputation(&session).await;
+
+    // The purge is the only change since the rollups ran (with its tombstone marker): each
+    // rollup of a raw table recomputes u-first's groups only.
+    let receipt = PurgeBuilder::new(&fx.storage, Subject::new("u-first"))
+        .await
+        .unwrap();
+    assert!(receipt.verified);
+    assert_eq!(receipt.rows_removed, 4);
+    assert_rollups_equal_recomputation(&session).await;
+    let gone = rows(
+        &session,
+        "SELECT count(*) FROM click_stats_daily_items WHERE item_id = 'm-only-first'",
+    )
+    .await;
+    assert_eq!(
+        gone,
+        vec!["| 0        |"],
+        "the subject's own group is gone"
+    );
+    assert_eq!(
+        subject_group_runs(&session).await,
+        vec![
+            "rollup:ai_usage_daily",
+            "rollup:click_stats_daily",
+            "rollup:click_stats_daily_items",
+        ],
+    );
+
+    // A click the rollups have not seen, then a purge: the click rollups' run covers more
+    // than the purge's commit, so they recompute the days whole (ai_usage, untouched but by
+    // the purge, still gets the subject's groups only), and the tables equal a recomputation.
+    let mut late: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    late["event_id"] = uuid::Uuid::new_v4().to_string().into();
+    late["user_id"] = "u9".into();
+    append(&fx.storage, EventKind::LinkClick, &late.to_string(), 200).await;
+    let receipt = PurgeBuilder::new(&fx.storage, Subject::new("u-second"))
+        .await
+        .unwrap();
+    assert!(receipt.verified);
+    assert_eq!(receipt.rows_removed, 2);
+    assert_rollups_equal_recomputation(&session).await;
+    assert_eq!(
+        subject_group_runs(&session).await,
+        vec![
+            "rollup:ai_usage_daily",
+            "rollup:ai_usage_daily",
+            "rollup:click_stats_daily",
+            "rollup:click_stats_daily_items",
+        ],
+    );
+}
