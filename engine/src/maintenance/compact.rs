@@ -168,7 +168,21 @@ impl Compaction {
         let spec = self.table.spec()?;
         let mut written = Vec::with_capacity(self.bins.len());
         for bin in self.bins {
-            let batch = read_bin(&self.storage, &self.table, &bin).await?;
+            let batch = match read_bin(&self.storage, &self.table, &bin).await {
+                Ok(batch) => batch,
+                // A purge or a retention run removed a file of the bin since the plan, and
+                // deleted it at once: the bin is left out (its rows must not come back, and
+                // its other files are compacted by the next slot), the others go on.
+                Err(e) if e.is_missing_file() => {
+                    info!(
+                        table = spec.name,
+                        files = bin.files.len(),
+                        "a file of the bin was deleted since the plan; bin left out"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let rows = batch.num_rows() as u64;
             let batch = sorted_by(batch, spec.sort_column)?;
             let adds = write_bin(&self.table, &spec, batch, self.opts.target_file_bytes).await?;
@@ -511,6 +525,46 @@ mod tests {
             220
         );
         assert_eq!(live(&root.storage, CLICKS).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bin_whose_file_a_purge_deleted_before_the_read_is_left_out() {
+        let root = root().await;
+        append_files(&root.storage, DAY, 0, 8, 20).await;
+        append_files(&root.storage, OTHER_DAY, 100, 8, 20).await;
+        let plan = Compaction::plan(&root.storage, CLICKS, &CompactOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.bins.len(), 2);
+        // A purge removes a file of DAY and deletes it at once, before the bins are read.
+        let table = log::load(&root.storage, CLICKS).await.unwrap();
+        let victim = live(&root.storage, CLICKS)
+            .await
+            .into_iter()
+            .find(|f| f.partition.as_deref() == Some(DAY))
+            .unwrap();
+        commit::remove_and_add(
+            &root.storage,
+            CLICKS,
+            &table,
+            &[commit::removal_of(&victim, "event_date", true)],
+            Vec::new(),
+            ("strata-gdpr-purge", "test"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        std::fs::remove_file(root.file(CLICKS, &victim.path)).unwrap();
+
+        let report = plan.write().await.unwrap().commit().await.unwrap();
+        assert_eq!(report.partitions, vec![format!("event_date={OTHER_DAY}")]);
+        assert_eq!(report.files_removed, 8);
+        assert_eq!(
+            count(&root.storage, "SELECT count(*) FROM link_clicks").await,
+            15 * 20,
+            "the purged rows did not come back"
+        );
     }
 
     #[tokio::test]
