@@ -17,6 +17,9 @@ use crate::delta::layout;
 use crate::registry::{self, Role};
 use crate::{Catalog, EngineError, Result, Storage};
 
+/// Reads of one table an export makes before it gives up on files deleted under it.
+const READ_ATTEMPTS: usize = 5;
+
 /// One exported file.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportFile {
@@ -76,14 +79,14 @@ impl ExportBuilder {
         let requested_at = Utc::now();
         let key = GdprKey::load_or_create(&self.storage).await?;
         let catalog = Catalog::open(&self.storage).await?;
-        let (snap, ctx) = catalog.context()?;
+        let (snap, mut ctx) = catalog.context()?;
         let mut files = Vec::new();
         // Every subject-bearing table of the registry that exists.
         for table in registry::subject_bearing().map(|t| t.name) {
             if snap.version(table).is_none() {
                 continue;
             }
-            let (batches, schema) = self.rows_of(&ctx, table).await?;
+            let (batches, schema) = self.rows_fresh(&catalog, &mut ctx, table).await?;
             let rows = batches.iter().map(|b| b.num_rows()).sum();
             for (name, bytes) in [
                 (format!("{table}.jsonl"), json_lines(&batches)?),
@@ -126,6 +129,28 @@ impl ExportBuilder {
         .append(&self.storage)
         .await?;
         Ok(manifest)
+    }
+
+    /// [`Self::rows_of`], again on a fresh snapshot (`ctx` replaced) when a file of the snapshot
+    /// was deleted while it was read: a purge of another subject, a retention run or a vacuum
+    /// delete files at once, and an export must not fail because one ran beside it.
+    async fn rows_fresh(
+        &self,
+        catalog: &Catalog,
+        ctx: &mut SessionContext,
+        table: &str,
+    ) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+        let mut attempt = 1;
+        loop {
+            match self.rows_of(ctx, table).await {
+                Err(e) if e.is_missing_file() && attempt < READ_ATTEMPTS => {
+                    attempt += 1;
+                    catalog.refresh().await?;
+                    *ctx = catalog.context()?.1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The subject's rows of `table`, with their schema.
@@ -205,5 +230,41 @@ impl IntoFuture for ExportBuilder {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.execute())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::{commit, log};
+    use crate::maintenance::test_support::*;
+
+    #[tokio::test]
+    async fn a_file_deleted_under_the_read_is_read_again_on_a_fresh_snapshot() {
+        let root = root().await;
+        append_files(&root.storage, "2026-10-01", 0, 3, 20).await;
+        let catalog = Catalog::open(&root.storage).await.unwrap();
+        let (_, mut ctx) = catalog.context().unwrap();
+        // After the snapshot was taken, a purge of other subjects removes one of the three
+        // files and deletes it at once.
+        let table = log::load(&root.storage, CLICKS).await.unwrap();
+        let victim = live(&root.storage, CLICKS).await.remove(0);
+        commit::remove_and_add(
+            &root.storage,
+            CLICKS,
+            &table,
+            &[commit::removal_of(&victim, "event_date", true)],
+            Vec::new(),
+            ("strata-gdpr-purge", "test"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        std::fs::remove_file(root.file(CLICKS, &victim.path)).unwrap();
+
+        // u-1 holds 4 rows of each file: the two files left.
+        let export = ExportBuilder::new(&root.storage, Subject::new("u-1"));
+        let (rows, _) = export.rows_fresh(&catalog, &mut ctx, CLICKS).await.unwrap();
+        assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 8);
     }
 }

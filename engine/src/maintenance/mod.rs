@@ -21,7 +21,7 @@ mod retention;
 mod vacuum;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::time::Duration;
 
