@@ -236,7 +236,6 @@ impl IntoFuture for ExportBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delta::{commit, log};
     use crate::maintenance::test_support::*;
 
     #[tokio::test]
@@ -247,20 +246,7 @@ mod tests {
         let (_, mut ctx) = catalog.context().unwrap();
         // After the snapshot was taken, a purge of other subjects removes one of the three
         // files and deletes it at once.
-        let table = log::load(&root.storage, CLICKS).await.unwrap();
-        let victim = live(&root.storage, CLICKS).await.remove(0);
-        commit::remove_and_add(
-            &root.storage,
-            CLICKS,
-            &table,
-            &[commit::removal_of(&victim, "event_date", true)],
-            Vec::new(),
-            ("strata-gdpr-purge", "test"),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        std::fs::remove_file(root.file(CLICKS, &victim.path)).unwrap();
+        purge_a_file(&root, "2026-10-01", true).await;
 
         // u-1 holds 4 rows of each file: the two files left.
         let export = ExportBuilder::new(&root.storage, Subject::new("u-1"));

@@ -538,24 +538,7 @@ mod tests {
             .unwrap();
         assert_eq!(plan.bins.len(), 2);
         // A purge removes a file of DAY and deletes it at once, before the bins are read.
-        let table = log::load(&root.storage, CLICKS).await.unwrap();
-        let victim = live(&root.storage, CLICKS)
-            .await
-            .into_iter()
-            .find(|f| f.partition.as_deref() == Some(DAY))
-            .unwrap();
-        commit::remove_and_add(
-            &root.storage,
-            CLICKS,
-            &table,
-            &[commit::removal_of(&victim, "event_date", true)],
-            Vec::new(),
-            ("strata-gdpr-purge", "test"),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        std::fs::remove_file(root.file(CLICKS, &victim.path)).unwrap();
+        purge_a_file(&root, DAY, true).await;
 
         let report = plan.write().await.unwrap().commit().await.unwrap();
         assert_eq!(report.partitions, vec![format!("event_date={OTHER_DAY}")]);
@@ -580,23 +563,7 @@ mod tests {
             .await
             .unwrap();
         // A purge rewrites a file of DAY (here: removes it) before the compaction commits.
-        let table = log::load(&root.storage, CLICKS).await.unwrap();
-        let victim = live(&root.storage, CLICKS)
-            .await
-            .into_iter()
-            .find(|f| f.partition.as_deref() == Some(DAY))
-            .unwrap();
-        let purge = commit::remove_and_add(
-            &root.storage,
-            CLICKS,
-            &table,
-            &[commit::removal_of(&victim, "event_date", true)],
-            Vec::new(),
-            ("strata-gdpr-purge", "test"),
-        )
-        .await
-        .unwrap();
-        assert!(purge.is_some());
+        purge_a_file(&root, DAY, false).await;
 
         let report = written.commit().await.unwrap();
         assert_eq!(report.partitions, vec![format!("event_date={OTHER_DAY}")]);

@@ -15,6 +15,36 @@ use crate::{SqlSession, Storage};
 
 pub(crate) const CLICKS: &str = "link_clicks";
 
+/// What a purge of other subjects does to one file of `day` in `link_clicks`: a commit removes
+/// it (`delete`: and it is deleted from storage at once). Returns the file.
+pub(crate) async fn purge_a_file(root: &Root, day: &str, delete: bool) -> LiveFile {
+    let table = log::load(&root.storage, CLICKS).await.unwrap();
+    let victim = live(&root.storage, CLICKS)
+        .await
+        .into_iter()
+        .find(|f| f.partition.as_deref() == Some(day))
+        .unwrap();
+    crate::delta::commit::remove_and_add(
+        &root.storage,
+        CLICKS,
+        &table,
+        &[crate::delta::commit::removal_of(
+            &victim,
+            "event_date",
+            true,
+        )],
+        Vec::new(),
+        ("strata-gdpr-purge", "test"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    if delete {
+        std::fs::remove_file(root.file(CLICKS, &victim.path)).unwrap();
+    }
+    victim
+}
+
 /// A storage root in a temporary directory.
 pub(crate) struct Root {
     pub dir: tempfile::TempDir,
