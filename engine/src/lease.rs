@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -134,21 +134,13 @@ impl Lease {
         let body = serde_json::to_vec(&record)
             .map_err(|e| EngineError::Internal(format!("encoding a lease: {e}")))?;
         let path = lease_file(job, slot.number);
-        let created = storage
-            .store()
-            .put_opts(
-                &path,
-                PutPayload::from(body),
-                PutOptions::from(PutMode::Create),
-            )
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                debug!(job, slot = slot.number, "slot already claimed");
-                return Ok(None);
-            }
-            Err(e) => return Err(EngineError::Internal(format!("claiming lease {path}: {e}"))),
+        let what = format!("claiming lease {path}");
+        if !storage
+            .create_if_absent(&path, PutPayload::from(body), &what)
+            .await?
+        {
+            debug!(job, slot = slot.number, "slot already claimed");
+            return Ok(None);
         }
         if let Err(e) = forget_old(storage, job, slot.number).await {
             warn!(job, error = %e, "deleting old leases failed; the next holder tries again");

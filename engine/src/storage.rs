@@ -119,6 +119,24 @@ impl Storage {
         &self.store
     }
 
+    /// Writes `body` at `path` only when nothing is there yet (a conditional put, the one way
+    /// two processes on a root agree who was first: leases, alert claims, reservations, the
+    /// GDPR key). True when this call created it, false when it existed; another failure is
+    /// an error reading `<what>: <cause>`.
+    pub async fn create_if_absent(
+        &self,
+        path: &object_store::path::Path,
+        body: object_store::PutPayload,
+        what: &str,
+    ) -> Result<bool> {
+        let mode = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self.store.put_opts(path, body, mode).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(EngineError::Internal(format!("{what}: {e}"))),
+        }
+    }
+
     /// `<root>/tables/<name>/`
     pub fn table_url(&self, name: &str) -> Url {
         layout::table_url(&self.root, name)

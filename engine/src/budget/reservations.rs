@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
-use object_store::{GetOptions, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{GetOptions, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -449,22 +449,16 @@ pub async fn store(storage: &Storage, r: &Reservation) -> Result<()> {
     let path = reservation_file(&r.id);
     let body = serde_json::to_vec_pretty(r)
         .map_err(|e| EngineError::Internal(format!("encoding reservation {}: {e}", r.id)))?;
-    let created = storage
-        .store()
-        .put_opts(
-            &path,
-            PutPayload::from(body),
-            PutOptions::from(PutMode::Create),
-        )
-        .await;
-    match created {
-        Ok(_) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) => Err(EngineError::Internal(format!(
+    let what = format!("storing reservation {path}");
+    if storage
+        .create_if_absent(&path, PutPayload::from(body), &what)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(EngineError::Internal(format!(
             "reservation file {path} exists already (ids are random UUIDs: this is a bug)"
-        ))),
-        Err(e) => Err(EngineError::Internal(format!(
-            "storing reservation {path}: {e}"
-        ))),
+        )))
     }
 }
 

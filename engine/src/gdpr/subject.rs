@@ -4,7 +4,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::datatypes::DataType;
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 use strata_schemas::PersonId;
 
@@ -363,23 +363,18 @@ impl GdprKey {
         let mut key = Vec::with_capacity(32);
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        let put = store
-            .put_opts(
+        let created = storage
+            .create_if_absent(
                 &path,
                 Bytes::from(key.clone()).into(),
-                PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                },
+                "writing the GDPR key",
             )
-            .await;
-        match put {
-            Ok(_) => Ok(Self::from_bytes(&key)),
+            .await?;
+        if created {
+            Ok(Self::from_bytes(&key))
+        } else {
             // Another process made it first: use theirs.
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Box::pin(Self::load_or_create(storage)).await
-            }
-            Err(e) => Err(EngineError::Internal(format!("writing the GDPR key: {e}"))),
+            Box::pin(Self::load_or_create(storage)).await
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, PutMode, PutOptions, PutPayload};
+use object_store::{GetOptions, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -83,21 +83,15 @@ pub async fn claim(
         payload: alert.payload(),
     };
     let path = budget_alert_file(&alert.budget, alert.period_start, &kind);
-    let created = storage
-        .store()
-        .put_opts(
-            &path,
-            PutPayload::from(encode(&record)?),
-            PutOptions::from(PutMode::Create),
-        )
-        .await;
-    match created {
-        Ok(_) => Ok(Some(record)),
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            debug!(budget = %alert.budget, kind = %kind, "alert already claimed");
-            Ok(None)
-        }
-        Err(e) => Err(EngineError::Internal(format!("claiming alert {path}: {e}"))),
+    let what = format!("claiming alert {path}");
+    if storage
+        .create_if_absent(&path, PutPayload::from(encode(&record)?), &what)
+        .await?
+    {
+        Ok(Some(record))
+    } else {
+        debug!(budget = %alert.budget, kind = %kind, "alert already claimed");
+        Ok(None)
     }
 }
 
