@@ -20,19 +20,9 @@ import pyarrow.compute as pc
 from adbc_driver_flightsql import DatabaseOptions
 from deltalake import DeltaTable
 
-
-# A scan of 20 billion generated rows: minutes on any machine, so it is cut by a cancel or a
-# time limit long before it ends.
-LONG_QUERY = "SELECT count(*) FROM generate_series(1, 20000000000) AS t(x) WHERE x % 7 = 3"
-
-def fail(msg):
-    print(msg, file=sys.stderr)
-    sys.exit(1)
+from client_checks import LONG_QUERY, check, fail
 
 
-def check(cond, msg):
-    if not cond:
-        fail(msg)
 
 
 def connect(uri, token):

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from client_checks import LONG_QUERY, check, fail
+
 # Postgres type OIDs (pg_type.dat) and the Python class psycopg gives a value of each.
 BOOL, BYTEA, INT8, INT2, INT4, TEXT, FLOAT4, FLOAT8 = 16, 17, 20, 21, 23, 25, 700, 701
 DATE, TIMESTAMP, TIMESTAMPTZ, NUMERIC = 1082, 1114, 1184, 1700
@@ -61,18 +63,6 @@ def expected_type(t):
     raise SystemExit(f"no expected Postgres type for Arrow type {t}")
 
 
-# A scan of 20 billion generated rows: minutes on any machine, so it is cut by a cancel or a
-# time limit long before it ends.
-LONG_QUERY = "SELECT count(*) FROM generate_series(1, 20000000000) AS t(x) WHERE x % 7 = 3"
-
-def fail(msg):
-    print(msg, file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
 
 
 def connect(host, port, user, token, **kw):

@@ -23,7 +23,7 @@ use strata_engine::budget::{Action, Budget, Money, Period, PeriodKind, Scope, Th
 use strata_engine::Storage;
 use strata_fixtures::GenOptions;
 use strata_query_api::routes::AI_DECISION;
-use strata_query_api::{new_token, Auth, Server, ServerConfig, TokenEntry};
+use strata_query_api::Server;
 use tokio::sync::watch;
 
 use crate::measure::percentile;
@@ -140,20 +140,8 @@ pub async fn run(bench: &BudgetsBench) -> anyhow::Result<BudgetsResults> {
 async fn run_in(storage: &Storage, bench: &BudgetsBench) -> anyhow::Result<BudgetsResults> {
     write_calls(storage, bench.events).await?;
     let budgets = bench_budgets();
-    let (token, line) = new_token("bench", &[strata_query_api::Scope::Ai]);
-    let entry: TokenEntry = line.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    // A rate no caller reaches: the run times decisions, not the token bucket's refusals.
-    let auth = Auth::new(vec![entry], 1e9, 1e9);
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        rollup_every: None,
-        compact_every: None,
-        vacuum_every: None,
-        retention_every: None,
-        table_health_every: None,
-        budgets: budgets.clone(),
-        ..ServerConfig::default()
-    };
+    let (token, auth, mut config) = crate::bench_server(&[strata_query_api::Scope::Ai])?;
+    config.budgets = budgets.clone();
     let connections = config.limits.http.max_connections.max(bench.callers + 16);
     config.limits.http.max_connections = connections;
     let server = Server::start(storage, &config, auth).await?;

@@ -19,7 +19,7 @@ use anyhow::Context;
 use serde::Serialize;
 use strata_engine::Storage;
 use strata_fixtures::GenOptions;
-use strata_query_api::{new_token, Auth, PgOptions, Scope, Server, ServerConfig, TokenEntry};
+use strata_query_api::{PgOptions, Scope, Server};
 use tokio::sync::watch;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_fetch.py");
@@ -87,23 +87,12 @@ pub async fn run(bench: &FetchBench) -> anyhow::Result<FetchResults> {
 
 async fn run_in(storage: &Storage, bench: &FetchBench) -> anyhow::Result<FetchResults> {
     write_clicks(storage, bench.rows).await?;
-    let (token, line) = new_token("bench", &[Scope::Sql]);
-    let entry: TokenEntry = line.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let auth = Auth::new(vec![entry], 1e9, 1e9);
-    let mut config = ServerConfig {
+    let (token, auth, mut config) = crate::bench_server(&[Scope::Sql])?;
+    config.pg = Some(PgOptions {
         listen: "127.0.0.1:0".into(),
-        rollup_every: None,
-        compact_every: None,
-        vacuum_every: None,
-        retention_every: None,
-        table_health_every: None,
-        pg: Some(PgOptions {
-            listen: "127.0.0.1:0".into(),
-            tls: None,
-        }),
-        flight_listen: Some("127.0.0.1:0".into()),
-        ..ServerConfig::default()
-    };
+        tls: None,
+    });
+    config.flight_listen = Some("127.0.0.1:0".into());
     config.limits.row_cap = config.limits.row_cap.max(bench.rows as usize);
     config.limits.timeout = Duration::from_secs(600);
     let server = Server::start(storage, &config, auth).await?;

@@ -30,6 +30,33 @@ pub use ingest::{EndToEnd, IngestBench, IngestResults};
 pub use purge::PurgeResults;
 pub use query::{QueryBench, QueryResults};
 
+/// What a bench serves behind: one token of `scopes` (its secret returned) whose rate no
+/// caller reaches (a run times answers, not the token bucket's refusals), and a loopback
+/// server config with no scheduled job (no rollup, compaction, vacuum, retention or health
+/// check competing with the run); the caller sets what it serves on top.
+pub(crate) fn bench_server(
+    scopes: &[strata_query_api::Scope],
+) -> anyhow::Result<(
+    String,
+    strata_query_api::Auth,
+    strata_query_api::ServerConfig,
+)> {
+    let (token, line) = strata_query_api::new_token("bench", scopes);
+    let entry: strata_query_api::TokenEntry =
+        line.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let auth = strata_query_api::Auth::new(vec![entry], 1e9, 1e9);
+    let config = strata_query_api::ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        rollup_every: None,
+        compact_every: None,
+        vacuum_every: None,
+        retention_every: None,
+        table_health_every: None,
+        ..strata_query_api::ServerConfig::default()
+    };
+    Ok((token, auth, config))
+}
+
 /// The storage root `strata bench query` and `strata bench purge` use by default.
 pub const DEFAULT_BENCH_ROOT: &str = "./bench-data";
 /// Events generated into an empty bench root by default.
