@@ -95,5 +95,12 @@ fn main() -> anyhow::Result<()> {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
-    Ok(())
+    // The command is done and everything it committed is durable: exit now rather than drop
+    // the runtime under tasks still in flight. A Delta log read on a blocking thread (a
+    // scheduler's refresh aborted at shutdown) panics when the runtime it waits on goes away,
+    // which printed a panic into `strata serve`'s JSON logs on a clean stop.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(0);
 }

@@ -155,11 +155,39 @@ impl RollupBuilder {
                 )));
             }
         }
+        let selected: Vec<&'static RollupSpec> = ROLLUPS
+            .iter()
+            .filter(|spec| self.only.as_deref().is_none_or(|n| n == spec.name))
+            .collect();
+        // A purge's rollups recompute a few days each: its chains (a rollup, then the rollups
+        // of that rollup) run at once, so that one's commit overlaps another's computing.
+        // Other runs (a rebuild computes every day, each already on every core) run one
+        // rollup at a time under the memory pool.
+        let chains = if self.purged.is_empty() {
+            vec![selected]
+        } else {
+            chains(&selected)
+        };
+        let outcomes =
+            futures::future::join_all(chains.into_iter().map(|chain| self.run_chain(chain))).await;
+        let mut outcomes: Vec<_> = outcomes.into_iter().flatten().collect();
+        outcomes.sort_by_key(|(spec, _)| ROLLUPS.iter().position(|r| r.name == spec.name));
         let mut reports = Vec::new();
-        for spec in ROLLUPS {
-            if self.only.as_deref().is_some_and(|n| n != spec.name) {
-                continue;
-            }
+        for (_, result) in outcomes {
+            reports.push(result?);
+        }
+        self.catalog.refresh().await?;
+        Ok(reports)
+    }
+
+    /// Runs `chain` in order (each rollup's source is the one before it or a table), recording
+    /// each run; stops at the first failure.
+    async fn run_chain(
+        &self,
+        chain: Vec<&'static RollupSpec>,
+    ) -> Vec<(&'static RollupSpec, Result<RollupReport>)> {
+        let mut outcomes = Vec::new();
+        for spec in chain {
             let started = chrono::Utc::now();
             let purged = self.purged.iter().find(|p| p.table == spec.source);
             let mut result = run_one(&self.catalog, spec, self.rebuild, purged).await;
@@ -189,11 +217,30 @@ impl RollupBuilder {
                     warn!(error = %e, "recording the rollup run failed");
                 }
             }
-            reports.push(result?);
+            let failed = result.is_err();
+            outcomes.push((spec, result));
+            if failed {
+                break;
+            }
         }
-        self.catalog.refresh().await?;
-        Ok(reports)
+        outcomes
     }
+}
+
+/// `specs` (in registry order) as chains: a rollup joins the chain of the rollup it reads,
+/// any other starts its own.
+fn chains(specs: &[&'static RollupSpec]) -> Vec<Vec<&'static RollupSpec>> {
+    let mut chains: Vec<Vec<&'static RollupSpec>> = Vec::new();
+    for spec in specs {
+        match chains
+            .iter_mut()
+            .find(|c| c.iter().any(|s| s.name == spec.source))
+        {
+            Some(chain) => chain.push(spec),
+            None => chains.push(vec![spec]),
+        }
+    }
+    chains
 }
 
 async fn run_one(

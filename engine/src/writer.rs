@@ -7,8 +7,18 @@ use deltalake::parquet::schema::types::ColumnPath;
 
 use crate::registry::TableSpec;
 
-/// Rows per row group of every file Strata writes.
+pub(crate) mod splice;
+
+/// Rows per row group of the files Strata writes (but see [`SUBJECT_ROW_GROUP_ROWS`]).
 pub const MAX_ROW_GROUP_ROWS: usize = 256 * 1024;
+
+/// Rows per row group of the tables a purge looks into (those with bloom filters on subject
+/// columns): a purge decodes and encodes again only the row groups that held the subject and
+/// copies the others as they are (`writer/splice.rs`), so this is what one of a subject's rows
+/// costs it, whatever the size of the file (a compacted one holds hundreds of thousands of
+/// rows). 16k rows keep a row group's column chunks at tens of kilobytes and above, the size
+/// scans read well.
+pub const SUBJECT_ROW_GROUP_ROWS: usize = 16 * 1024;
 
 /// False-positive rate of a bloom filter holding as many distinct values as its row group has
 /// rows (the worst case; visitors click more than once, so it is far lower in practice).
@@ -19,11 +29,16 @@ const BLOOM_FPP: f64 = 0.05;
 /// without reading them), rows ordered by the table's sort column.
 ///
 /// `rows` is how many rows the write holds: each bloom filter is sized for the row group it
-/// belongs to (at most `rows`, at most [`MAX_ROW_GROUP_ROWS`] distinct values), so a small
+/// belongs to (at most `rows`, at most a row group's distinct values), so a small
 /// ingest file gets a small filter and a full row group one that still rules out a subject
 /// it does not hold. A fixed size (50,000 values) let a third of the files of a 20M-event root
 /// through as false positives.
 pub fn writer_properties(spec: &TableSpec, rows: usize) -> WriterProperties {
+    let group_rows = if spec.bloom_columns.is_empty() {
+        MAX_ROW_GROUP_ROWS
+    } else {
+        SUBJECT_ROW_GROUP_ROWS
+    };
     let mut b = WriterProperties::builder()
         // Level 1: ingest is CPU-bound on 2 cores; compaction may recompress harder.
         .set_compression(Compression::ZSTD(
@@ -31,7 +46,7 @@ pub fn writer_properties(spec: &TableSpec, rows: usize) -> WriterProperties {
         ))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS));
+        .set_max_row_group_row_count(Some(group_rows));
     for col in spec.high_cardinality {
         b = b.set_column_dictionary_enabled(ColumnPath::from(*col), false);
     }
@@ -54,7 +69,7 @@ pub fn writer_properties(spec: &TableSpec, rows: usize) -> WriterProperties {
         b = b
             .set_column_bloom_filter_enabled(path.clone(), true)
             .set_column_bloom_filter_fpp(path.clone(), BLOOM_FPP)
-            .set_column_bloom_filter_max_ndv(path, rows.clamp(1, MAX_ROW_GROUP_ROWS) as u64);
+            .set_column_bloom_filter_max_ndv(path, rows.clamp(1, group_rows) as u64);
     }
     if let Some(idx) = spec.sort_column_index() {
         b = b.set_sorting_columns(Some(vec![SortingColumn {

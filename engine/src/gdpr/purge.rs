@@ -341,21 +341,23 @@ async fn verify_fresh(catalog: &Catalog, subject: &Subject) -> Result<Vec<(Strin
 
 async fn verify(catalog: &Catalog, subject: &Subject) -> Result<Vec<(String, i64)>> {
     let (snap, ctx) = catalog.context()?;
-    let mut out = Vec::new();
-    for table in registry::subject_bearing().map(|t| t.name) {
-        if snap.version(table).is_none() {
-            continue;
-        }
-        let predicate = super::subject::sql_predicate(subject, table);
-        let batches = ctx
-            .sql(&format!("SELECT count(*) FROM {table} WHERE {predicate}"))
-            .await?
-            .collect()
-            .await?;
-        let n = crate::scalar_i64(&batches).unwrap_or(0);
-        out.push((table.to_string(), n));
-    }
-    Ok(out)
+    // One count per table, all at once.
+    let counts = registry::subject_bearing()
+        .map(|t| t.name)
+        .filter(|table| snap.version(table).is_some())
+        .map(|table| {
+            let ctx = ctx.clone();
+            async move {
+                let predicate = super::subject::sql_predicate(subject, table);
+                let batches = ctx
+                    .sql(&format!("SELECT count(*) FROM {table} WHERE {predicate}"))
+                    .await?
+                    .collect()
+                    .await?;
+                Ok::<_, EngineError>((table.to_string(), crate::scalar_i64(&batches).unwrap_or(0)))
+            }
+        });
+    futures::future::try_join_all(counts).await
 }
 
 /// Deletes every export whose manifest names the subject's hash.

@@ -2,12 +2,12 @@
 //! are read, the files that hold the subject are rewritten without its rows, one commit
 //! (remove + add), then the removed files are deleted at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Date32Array, RecordBatch};
 use chrono::NaiveDate;
 use deltalake::kernel::{Add, Remove};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
@@ -18,13 +18,14 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::file::metadata::ParquetMetaData;
 use tracing::info;
 
 use super::purge::{pause_point, TablePurge};
 use super::subject::{matching_rows, Subject, SubjectColumn};
 use crate::delta::{commit, layout, log};
 use crate::registry::TableSpec;
-use crate::writer::writer_properties;
+use crate::writer::{splice, writer_properties};
 use crate::{EngineError, Result, Storage};
 
 /// The marker of purge commits in the Delta log (never the subject): a key of their
@@ -135,14 +136,15 @@ async fn rewrite_table(
     Ok(true)
 }
 
-/// A candidate file inspected, and the files its kept rows were rewritten to.
+/// A candidate file inspected, and the file its kept rows were rewritten to.
 type Inspected = Option<(FileHit, Vec<Add>)>;
 
 /// Inspects every file of the table in parallel tasks (one per core): bloom filters first,
-/// then a full read of the candidates; a file that holds the subject is rewritten in the same
-/// task, so reading, filtering and Parquet encoding run on every core and only the files in
-/// flight are held in memory. None for a file its bloom filters rule out.
-#[allow(deprecated)]
+/// then the subject columns of the row groups they let through; a file that holds the subject
+/// is rewritten in the same task without its rows (only its row groups that held them are
+/// decoded and encoded again, see [`crate::writer::splice`]), so reading, filtering and
+/// Parquet encoding run on every core and only the files in flight are held in memory. None
+/// for a file the filters and the column read rule out.
 async fn inspect_files(
     storage: &Storage,
     table: &DeltaTable,
@@ -152,34 +154,49 @@ async fn inspect_files(
 ) -> Result<Vec<Inspected>> {
     let url = storage.table_url(spec.name);
     let store = storage.store().clone();
+    // The statistics each file's add action carries: its rewrite keeps their bounds.
+    let stats: HashMap<String, Option<String>> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| (f.path().to_string(), f.stats()))
+        .collect();
     // Unordered: an ordered buffer holds a finished quick file (ruled out by its bloom filter)
     // until the slow rewrite ahead of it is done, which left one core idle.
-    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let parallelism = strata_schemas::cores();
     let mut tasks = Vec::with_capacity(files.len());
     for uri in files {
-        let writer = RecordBatchWriter::for_table(table)?;
-        let (store, url, uri) = (store.clone(), url.clone(), uri.clone());
+        let rel = relative(&url, uri)?;
+        let old_stats = stats.get(&rel).cloned().flatten();
+        let (store, rel) = (store.clone(), rel.clone());
         let (subject, spec) = (subject.clone(), spec.clone());
         tasks.push(async move {
             tokio::spawn(async move {
                 let columns = subject.columns(spec.name);
                 let started = std::time::Instant::now();
-                let Some(hit) = inspect_file(store, &url, &uri, &subject, &spec, &columns).await?
+                let Some(mut hit) =
+                    inspect_file(store.clone(), rel, &subject, &spec, &columns).await?
                 else {
                     return Ok::<_, EngineError>(None);
                 };
                 let read_ms = started.elapsed().as_millis() as u64;
-                // A bloom false positive (nothing of the subject) is left as it is.
-                let adds = if hit.removed > 0 {
-                    rewrite(writer, &spec, &hit.kept).await?
-                } else {
-                    Vec::new()
+                // A bloom false positive (nothing of the subject) is left as it is, and so
+                // is nothing when the subject was all the file held.
+                let adds = match hit.rewritten.take() {
+                    Some((bytes, metadata)) if hit.removed > 0 => {
+                        vec![
+                            store_rewritten(&store, &spec, &hit, old_stats, bytes, &metadata)
+                                .await?,
+                        ]
+                    }
+                    _ => Vec::new(),
                 };
                 tracing::debug!(
                     table = spec.name,
                     read_ms,
-                    rewrite_ms = started.elapsed().as_millis() as u64 - read_ms,
+                    store_ms = started.elapsed().as_millis() as u64 - read_ms,
                     rows_removed = hit.removed,
+                    row_groups_encoded = hit.row_groups_encoded,
                     "purge file"
                 );
                 Ok(Some((hit, adds)))
@@ -192,6 +209,15 @@ async fn inspect_files(
         .buffer_unordered(parallelism)
         .try_collect()
         .await
+}
+
+/// A file's path relative to its table: local tables list plain paths, object stores full URLs.
+fn relative(url: &url::Url, uri: &str) -> Result<String> {
+    Ok(uri
+        .strip_prefix(url.as_str())
+        .or_else(|| uri.strip_prefix(url.path()))
+        .ok_or_else(|| EngineError::Internal(format!("file {uri} is outside its table")))?
+        .to_string())
 }
 
 /// What one scan found to change: the commit's removes and adds, and what they amount to.
@@ -243,25 +269,84 @@ async fn delete_removed(storage: &Storage, table: &str, removes: &[Remove]) -> R
     Ok(deleted)
 }
 
-/// Writes the rows a file keeps (none when the subject was all it held, or when the bloom
-/// filter was a false positive) as new files; returns their add actions.
-async fn rewrite(
-    writer: RecordBatchWriter,
+/// Stores the rewritten file next to the one it replaces; its add action. The statistics are
+/// the old file's with the new row and null counts: its minimum and maximum values still bound
+/// the rows kept (a subset), and its columns are the table's statistics columns, which never
+/// hold an identifier.
+async fn store_rewritten(
+    store: &Arc<dyn object_store::ObjectStore>,
     spec: &TableSpec,
-    kept: &[RecordBatch],
-) -> Result<Vec<Add>> {
-    if kept.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = kept.iter().map(RecordBatch::num_rows).sum();
-    let mut writer = writer.with_writer_properties(writer_properties(spec, rows));
-    for b in kept {
-        writer.write(b.clone()).await?;
-    }
-    Ok(writer.flush().await?)
+    hit: &FileHit,
+    old_stats: Option<String>,
+    bytes: bytes::Bytes,
+    metadata: &ParquetMetaData,
+) -> Result<Add> {
+    let rel = format!(
+        "{}={}/part-00000-{}-c000.zstd.parquet",
+        spec.partition_column,
+        hit.partition,
+        uuid::Uuid::new_v4()
+    );
+    let size = bytes.len() as i64;
+    let path = layout::table_file(spec.name, &rel);
+    store
+        .put(&path, bytes.into())
+        .await
+        .map_err(|e| EngineError::Internal(format!("writing {path}: {e}")))?;
+    Ok(Add {
+        path: rel,
+        partition_values: [(
+            spec.partition_column.to_string(),
+            Some(hit.partition.clone()),
+        )]
+        .into_iter()
+        .collect(),
+        size,
+        modification_time: chrono::Utc::now().timestamp_millis(),
+        data_change: true,
+        stats: Some(kept_stats(old_stats.as_deref(), hit.kept_rows, metadata)),
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
+    })
 }
 
-/// A candidate file: what it holds of the subject, and its other rows.
+/// Delta statistics of a file holding a subset of the rows of a file with statistics `old`:
+/// `numRecords` is `rows`, `nullCount` is counted again from the new file's Parquet
+/// statistics (a column they do not count is left out: unknown), the bounds stay.
+fn kept_stats(old: Option<&str>, rows: usize, metadata: &ParquetMetaData) -> String {
+    let mut stats: serde_json::Map<String, serde_json::Value> = old
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    stats.insert("numRecords".into(), rows.into());
+    if let Some(serde_json::Value::Object(nulls)) = stats.get_mut("nullCount") {
+        let schema = metadata.file_metadata().schema_descr();
+        nulls.retain(|column, count| {
+            let Some(idx) = (0..schema.num_columns())
+                .find(|i| schema.column(*i).path().parts() == [column.as_str()])
+            else {
+                return false;
+            };
+            let counted: Option<u64> = metadata
+                .row_groups()
+                .iter()
+                .map(|rg| rg.column(idx).statistics()?.null_count_opt())
+                .sum();
+            match counted {
+                Some(n) => {
+                    *count = n.into();
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+    serde_json::Value::Object(stats).to_string()
+}
+
+/// A candidate file: what it holds of the subject, and the file without it.
 struct FileHit {
     rel: String,
     size: u64,
@@ -271,65 +356,64 @@ struct FileHit {
     /// The subject's rows (in the table's schema): the groups of the rollups they were in
     /// are the only ones recomputed (`crate::rollup::PurgedRows`).
     subject_rows: Vec<RecordBatch>,
-    kept: Vec<RecordBatch>,
+    /// The file without the subject's rows (None when nothing else was left or nothing was
+    /// removed), and how many rows it holds.
+    rewritten: Option<(bytes::Bytes, ParquetMetaData)>,
+    kept_rows: usize,
+    /// Row groups decoded and encoded again (the others were copied as they were).
+    row_groups_encoded: usize,
 }
 
-/// None when the bloom filters rule the file out; otherwise its rows split by the subject.
-#[allow(deprecated)]
+/// None when the bloom filters and the subject columns rule the file out; otherwise what it
+/// holds of the subject, and the file without it.
 async fn inspect_file(
     store: Arc<dyn object_store::ObjectStore>,
-    url: &url::Url,
-    uri: &str,
+    rel: String,
     subject: &Subject,
     spec: &TableSpec,
     columns: &[SubjectColumn<'_>],
 ) -> Result<Option<FileHit>> {
-    // Local tables list plain paths, object stores full URLs.
-    let rel = uri
-        .strip_prefix(url.as_str())
-        .or_else(|| uri.strip_prefix(url.path()))
-        .ok_or_else(|| EngineError::Internal(format!("file {uri} is outside its table")))?
-        .to_string();
     let path = layout::table_file(spec.name, &rel);
     let meta = store
         .head(&path)
         .await
         .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
-    let Some(batches) = read_if_may_hold(store, &path, meta.size, columns).await? else {
+    let Some((_, metadata, groups)) =
+        row_groups_holding(store.clone(), &path, meta.size, columns).await?
+    else {
         return Ok(None);
     };
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    let rows = usize::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let spliced = splice::without_rows(&bytes, &groups, writer_properties(spec, rows), |b| {
+        subject.matches(spec.name, b)
+    })?;
     let (days, partition) = partition_value(&rel, spec.partition_column)?;
-    let mut removed = 0;
-    let mut kept = Vec::new();
-    let mut subject_rows = Vec::new();
-    for b in &batches {
-        let hit = subject.matches(spec.name, b)?;
-        removed += hit.true_count();
-        if hit.true_count() > 0 {
-            let gone = arrow::compute::filter_record_batch(b, &hit)?;
-            subject_rows.push(with_partition(gone, spec, days)?);
-        }
-        let keep = arrow::compute::not(&hit)?;
-        let rest = arrow::compute::filter_record_batch(b, &keep)?;
-        if rest.num_rows() > 0 {
-            kept.push(with_partition(rest, spec, days)?);
-        }
-    }
+    let subject_rows = spliced
+        .removed
+        .iter()
+        .map(|b| with_partition(b.clone(), spec, days))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Some(FileHit {
         rel,
         size: meta.size,
         partition,
-        removed,
+        removed: spliced.removed_rows(),
         subject_rows,
-        kept,
+        kept_rows: spliced.rows,
+        row_groups_encoded: spliced.row_groups_encoded,
+        rewritten: spliced.file,
     }))
 }
 
 /// The rows of the Parquet file at `path` (`size` bytes), or None when it holds nothing of the
-/// subject and nothing past its subject columns was read: the bloom filters of each row group
-/// rule the subject out (see [`row_groups_that_may_hold`]), or a read of only the subject
-/// columns of the row groups they let through finds no id (a bloom false positive costs that
-/// column read, never the whole file).
+/// subject and nothing past its subject columns was read (see [`row_groups_holding`]).
 #[allow(deprecated)]
 pub(super) async fn read_if_may_hold(
     store: Arc<dyn object_store::ObjectStore>,
@@ -337,6 +421,34 @@ pub(super) async fn read_if_may_hold(
     size: u64,
     columns: &[SubjectColumn<'_>],
 ) -> Result<Option<Vec<RecordBatch>>> {
+    let failed = |e: parquet::errors::ParquetError| EngineError::Internal(format!("{path}: {e}"));
+    let Some((reader, metadata, groups)) = row_groups_holding(store, path, size, columns).await?
+    else {
+        return Ok(None);
+    };
+    let batches = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+        .with_row_groups(groups)
+        .build()
+        .map_err(failed)?
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    Ok(Some(batches))
+}
+
+/// The row groups of the Parquet file at `path` (`size` bytes) that may hold the subject, or
+/// None when none does: the bloom filters of each row group rule the subject out (see
+/// [`row_groups_that_may_hold`]), then a read of only the subject columns of the row groups
+/// they let through keeps those where a column holds one of the subject's ids (a bloom false
+/// positive costs that column read, never the whole file). Free text (a dead letter's payload)
+/// has no bloom filter and is matched by containment: every row group is a candidate.
+#[allow(deprecated)]
+async fn row_groups_holding(
+    store: Arc<dyn object_store::ObjectStore>,
+    path: &object_store::path::Path,
+    size: u64,
+    columns: &[SubjectColumn<'_>],
+) -> Result<Option<(ParquetObjectReader, ArrowReaderMetadata, Vec<usize>)>> {
     let failed = |e: parquet::errors::ParquetError| EngineError::Internal(format!("{path}: {e}"));
     let mut reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
     let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
@@ -348,34 +460,30 @@ pub(super) async fn read_if_may_hold(
     if groups.is_empty() {
         return Ok(None);
     }
-    // Free text (a dead letter's payload) has no bloom filter: the whole file is the check.
-    if !columns.iter().any(|c| c.in_text) {
-        let names = columns.iter().map(|c| c.column);
-        let mask = ProjectionMask::columns(builder.parquet_schema(), names);
-        let mut ids = builder
-            .with_row_groups(groups)
-            .with_projection(mask)
-            .build()
-            .map_err(failed)?;
-        let mut found = false;
+    if columns.iter().any(|c| c.in_text) {
+        return Ok(Some((reader, metadata, groups)));
+    }
+    let names = columns.iter().map(|c| c.column);
+    let mask = ProjectionMask::columns(builder.parquet_schema(), names);
+    let mut holding = Vec::new();
+    for rg in groups {
+        let mut ids =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(reader.clone(), metadata.clone())
+                .with_row_groups(vec![rg])
+                .with_projection(mask.clone())
+                .build()
+                .map_err(failed)?;
         while let Some(batch) = ids.try_next().await.map_err(failed)? {
             if matching_rows(&batch, columns)?.true_count() > 0 {
-                found = true;
+                holding.push(rg);
                 break;
             }
         }
-        if !found {
-            return Ok(None);
-        }
-        builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
     }
-    let batches = builder
-        .build()
-        .map_err(failed)?
-        .try_collect()
-        .await
-        .map_err(failed)?;
-    Ok(Some(batches))
+    if holding.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((reader, metadata, holding)))
 }
 
 /// The row groups whose bloom filters do not rule the subject out for the columns that have
