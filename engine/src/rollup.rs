@@ -24,6 +24,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -39,6 +40,7 @@ use crate::jobs::{JobRun, JobRuns};
 use crate::literal::date_literal;
 use crate::registry::{RollupSpec, ROLLUPS};
 use crate::table::EventTable;
+use crate::writer::writer_properties;
 use crate::{Catalog, EngineError, QueryLimits, Result, Storage};
 
 impl RollupSpec {
@@ -72,10 +74,12 @@ pub struct RollupReport {
     pub to_version: Option<u64>,
     /// True when everything was recomputed.
     pub full: bool,
-    /// True when the days were recomputed for a purged subject's groups only (see
-    /// `rollup/purged.rs`).
+    /// True when the days were recomputed for a purged subject's groups only and those
+    /// groups' rows spliced into the stored days (see `rollup/purged.rs`).
     pub subject_groups_only: bool,
     pub dates: Vec<NaiveDate>,
+    /// Rows computed: the days' rows, or only the subject's groups' when
+    /// `subject_groups_only`.
     pub rows: usize,
     pub version: Option<u64>,
     pub elapsed_ms: u64,
@@ -292,39 +296,96 @@ async fn run_one(
     };
     let groups = match (&dates, purged) {
         (Some(days), Some(p)) => {
-            purged::group_predicates(catalog.storage(), spec, plan.from, to_version, p, days)
-                .await?
+            purged::subject_groups(catalog.storage(), spec, plan.from, to_version, p, days).await?
         }
         _ => None,
     };
-    report.subject_groups_only = groups.is_some();
     let columns: String = schema
         .fields()
         .iter()
         .map(|f| format!("\"{}\"", f.name()))
         .collect::<Vec<_>>()
         .join(", ");
-    let statements = |day: NaiveDate| match &groups {
-        Some(g) => purged::day_statements(spec, day, &g[&day], &columns),
-        None => vec![spec.sql_for(Some(&BTreeSet::from([day])))],
-    };
-    let batches = compute(&snapshot, catalog.runtime(), &days, statements, &schema).await?;
-    report.rows = batches.iter().map(|b| b.num_rows()).sum();
-    let computed_ms = ms();
-
-    let batches = if batches.is_empty() {
-        vec![RecordBatch::new_empty(schema.clone())]
-    } else {
-        batches
-    };
     let replace = PartitionReplace {
         app_id: spec.app_id(),
         version: to_version as i64,
         replace_where: dates.as_ref().map(dates_predicate),
         new_schema: plan.schema_changed,
     };
-    report.version =
-        commit::replace_partitions(table.delta(), table.spec(), batches, replace).await?;
+    let mut computed_ms = ms();
+    if let Some(groups) = &groups {
+        // A purge's days: only the subject's groups are computed, and spliced into the
+        // stored days in place of their old rows.
+        let fresh = |day| vec![purged::fresh_statement(spec, day, &groups[&day], &columns)];
+        let sink = DaySink::Collect;
+        let fresh = compute(&snapshot, catalog.runtime(), &days, fresh, &schema, sink).await?;
+        report.rows = fresh.rows;
+        computed_ms = ms();
+        report.version = purged::splice_days(
+            catalog.storage(),
+            spec,
+            &table,
+            groups,
+            fresh.batches,
+            &replace,
+        )
+        .await?;
+        report.subject_groups_only = report.version.is_some();
+    }
+    if !report.subject_groups_only {
+        let statements = |day: NaiveDate| match &groups {
+            Some(g) => purged::day_statements(spec, day, &g[&day], &columns),
+            None => vec![spec.sql_for(Some(&BTreeSet::from([day])))],
+        };
+        if plan.schema_changed {
+            // New columns: delta-rs' write path changes the table's schema with the rows.
+            let sink = DaySink::Collect;
+            let computed = compute(
+                &snapshot,
+                catalog.runtime(),
+                &days,
+                statements,
+                &schema,
+                sink,
+            )
+            .await?;
+            report.rows = computed.rows;
+            computed_ms = ms();
+            let mut batches = computed.batches;
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema.clone()));
+            }
+            report.version =
+                commit::replace_partitions(table.delta(), table.spec(), batches, replace).await?;
+        } else {
+            let sink = DaySink::Write(Box::new((table.delta().clone(), table.spec().clone())));
+            let computed = compute(
+                &snapshot,
+                catalog.runtime(),
+                &days,
+                statements,
+                &schema,
+                sink,
+            )
+            .await?;
+            report.rows = computed.rows;
+            computed_ms = ms();
+            let partitions: Option<BTreeSet<String>> = dates.as_ref().map(|d| {
+                d.iter()
+                    .map(|day| day.format("%Y-%m-%d").to_string())
+                    .collect()
+            });
+            report.version = commit::replace_with_files(
+                catalog.storage(),
+                table.delta(),
+                table.spec(),
+                partitions.as_ref(),
+                computed.adds,
+                &replace,
+            )
+            .await?;
+        }
+    }
     table.refresh().await?;
     report.elapsed_ms = ms();
     info!(
@@ -416,20 +477,43 @@ fn columns_changed(table: &EventTable, schema: &SchemaRef) -> Result<bool> {
     Ok(stored != wanted)
 }
 
-/// The rollup's rows for `days`, in `schema`: the rows of `statements(day)` for each day.
+/// Where [`compute`] puts each day's rows.
+#[derive(Clone)]
+enum DaySink {
+    /// Kept in memory and returned.
+    Collect,
+    /// Written at once as the day's files of this table (returned as add actions).
+    Write(Box<(deltalake::DeltaTable, crate::TableSpec)>),
+}
+
+/// What [`compute`] made of the days.
+#[derive(Default)]
+struct Computed {
+    /// The rows, in the days' order ([`DaySink::Collect`]).
+    batches: Vec<RecordBatch>,
+    /// The files written ([`DaySink::Write`]).
+    adds: Vec<deltalake::kernel::Add>,
+    rows: usize,
+}
+
+/// The rollup's rows for `days`, in `schema`: the rows of `statements(day)` for each day,
+/// collected or written as `sink` says.
 ///
 /// Days never share a group, so each day is its own statements on one partition: a single
 /// aggregation with a hash table of that day's groups, no repartitioning and no merging of
 /// partial states (which for the per-item rollup carried every group's visitor hashes across
-/// partitions twice). As many days run at once as there are cores, each on its own task; fewer
-/// days than cores (an incremental run of today) share the cores out as partitions.
+/// partitions twice). As many days run at once as there are cores, each on its own task, which
+/// also writes the day's file as soon as it is computed (so that encoding one day overlaps
+/// computing the next, and no day waits in memory for the others); fewer days than cores (an
+/// incremental run of today) share the cores out as partitions.
 async fn compute(
     snapshot: &Snapshot,
     runtime: &RuntimeEnv,
     days: &BTreeSet<NaiveDate>,
     statements: impl Fn(NaiveDate) -> Vec<String>,
     schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>> {
+    sink: DaySink,
+) -> Result<Computed> {
     let cores = strata_schemas::cores();
     let limits = QueryLimits {
         target_partitions: (cores / days.len().max(1)).max(1),
@@ -442,30 +526,48 @@ async fn compute(
         .map(|&day| {
             let ctx = ctx.clone();
             let sqls = statements(day);
+            let (schema, sink) = (schema.clone(), sink.clone());
             async move {
                 tokio::spawn(async move {
                     let mut batches = Vec::new();
                     for sql in sqls {
                         let df = ctx.sql(&sql).await?;
-                        batches.extend(df.collect().await.map_err(EngineError::from_execution)?);
+                        for batch in df.collect().await.map_err(EngineError::from_execution)? {
+                            batches.push(normalize(&batch, &schema)?);
+                        }
                     }
-                    Ok::<_, EngineError>((day, batches))
+                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    let mut adds = Vec::new();
+                    if let DaySink::Write(target) = &sink {
+                        if rows > 0 {
+                            let (delta, spec) = target.as_ref();
+                            let mut writer = RecordBatchWriter::for_table(delta)?
+                                .with_writer_properties(writer_properties(spec, rows));
+                            for batch in batches.drain(..) {
+                                writer.write(batch).await?;
+                            }
+                            adds = writer.flush().await?;
+                        }
+                    }
+                    Ok::<_, EngineError>((day, batches, adds, rows))
                 })
                 .await
                 .map_err(|e| EngineError::Internal(format!("a rollup day's task failed: {e}")))?
             }
         })
         .collect();
-    let mut per_day: Vec<(NaiveDate, Vec<RecordBatch>)> = futures::stream::iter(tasks)
+    let mut per_day: Vec<_> = futures::stream::iter(tasks)
         .buffer_unordered(cores)
         .try_collect()
         .await?;
-    per_day.sort_by_key(|(day, _)| *day);
-    per_day
-        .iter()
-        .flat_map(|(_, batches)| batches)
-        .map(|b| normalize(b, schema))
-        .collect()
+    per_day.sort_by_key(|(day, ..)| *day);
+    let mut out = Computed::default();
+    for (_, batches, adds, rows) in per_day {
+        out.batches.extend(batches);
+        out.adds.extend(adds);
+        out.rows += rows;
+    }
+    Ok(out)
 }
 
 /// The rollup's schema as a Delta table can hold it (view types made plain).

@@ -12,12 +12,13 @@ pub(crate) mod splice;
 /// Rows per row group of the files Strata writes (but see [`SUBJECT_ROW_GROUP_ROWS`]).
 pub const MAX_ROW_GROUP_ROWS: usize = 256 * 1024;
 
-/// Rows per row group of the tables a purge looks into (those with bloom filters on subject
-/// columns): a purge decodes and encodes again only the row groups that held the subject and
-/// copies the others as they are (`writer/splice.rs`), so this is what one of a subject's rows
-/// costs it, whatever the size of the file (a compacted one holds hundreds of thousands of
-/// rows). 16k rows keep a row group's column chunks at tens of kilobytes and above, the size
-/// scans read well.
+/// Rows per row group of the tables a purge splices: those with bloom filters on subject
+/// columns, and the rollups (whose days a purge splices for the subject's groups, see
+/// `rollup/purged.rs`). A purge decodes and encodes again only the row groups that held the
+/// subject (or its groups) and copies the others as they are (`writer/splice.rs`), so this is
+/// what one of a subject's rows costs it, whatever the size of the file (a compacted one holds
+/// hundreds of thousands of rows). 16k rows keep a row group's column chunks at tens of
+/// kilobytes and above, the size scans read well.
 pub const SUBJECT_ROW_GROUP_ROWS: usize = 16 * 1024;
 
 /// False-positive rate of a bloom filter holding as many distinct values as its row group has
@@ -34,7 +35,7 @@ const BLOOM_FPP: f64 = 0.05;
 /// it does not hold. A fixed size (50,000 values) let a third of the files of a 20M-event root
 /// through as false positives.
 pub fn writer_properties(spec: &TableSpec, rows: usize) -> WriterProperties {
-    let group_rows = if spec.bloom_columns.is_empty() {
+    let group_rows = if spec.bloom_columns.is_empty() && !spec.lz4 {
         MAX_ROW_GROUP_ROWS
     } else {
         SUBJECT_ROW_GROUP_ROWS

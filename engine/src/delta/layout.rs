@@ -23,6 +23,10 @@ pub const TABLES_DIR: &str = "tables";
 pub const EXPORTS_DIR: &str = "exports";
 /// The directory holding durable GDPR requests.
 pub const GDPR_REQUESTS_DIR: &str = "_strata/gdpr/requests";
+/// The records of purge commits whose removed files may not be deleted yet.
+pub const GDPR_PENDING_DIR: &str = "_strata/gdpr/pending";
+/// The marks of tables whose whole log was searched for older purges' removed files.
+pub const GDPR_LOG_SCANNED_DIR: &str = "_strata/gdpr/log-scanned";
 /// The audit-hash key.
 pub const GDPR_KEY: &str = "_strata/gdpr.key";
 /// The directory holding every scheduled job's leases.
@@ -126,6 +130,23 @@ pub fn gdpr_request(id: &str) -> Path {
 /// `_strata/gdpr/requests`
 pub fn gdpr_requests_dir() -> Path {
     Path::from(GDPR_REQUESTS_DIR)
+}
+
+/// `_strata/gdpr/pending/<table>`: the records of purges of that table between their commit and
+/// their deletes.
+pub fn purge_pending_dir(table: &str) -> Path {
+    Path::from(format!("{GDPR_PENDING_DIR}/{table}"))
+}
+
+/// `_strata/gdpr/pending/<table>/<request id>.json`
+pub fn purge_pending(table: &str, request_id: &str) -> Path {
+    Path::from(format!("{GDPR_PENDING_DIR}/{table}/{request_id}.json"))
+}
+
+/// `_strata/gdpr/log-scanned/<table>`: present once the table's whole log was searched for the
+/// files of purges committed before pending records existed.
+pub fn purge_log_scanned(table: &str) -> Path {
+    Path::from(format!("{GDPR_LOG_SCANNED_DIR}/{table}"))
 }
 
 /// `_strata/gdpr.key`

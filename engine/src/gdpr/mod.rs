@@ -21,6 +21,7 @@ mod export;
 mod leftovers;
 mod lifecycle;
 mod marker;
+mod pending;
 mod purge;
 mod requests;
 mod rewrite;

@@ -51,7 +51,8 @@ pub(super) async fn purge_table(
     };
     // A purge interrupted between its commit and its deletes left removed files behind:
     // delete them now (a repeated request finishes the job).
-    report.files_vacuumed += vacuum_previous_purges(storage, spec.name).await?;
+    report.files_vacuumed +=
+        super::pending::finish_earlier(storage, spec.name, PURGE_MARKER).await?;
     for attempt in 1..=MAX_ATTEMPTS {
         if rewrite_table(storage, subject, spec, request_id, &mut report).await? {
             // Copies the current version no longer references (a compaction's removed files
@@ -107,6 +108,10 @@ async fn rewrite_table(
     // No read predicate: appends landing meanwhile never conflict with this commit (they were
     // filtered with the tombstones, see `marker.rs`); a commit that removed a file read here
     // does. The marker rides in `commitInfo`, never the subject.
+    // Recorded first: a purge killed between the commit and the deletes below leaves the
+    // subject in files no version references, which the next purge deletes from this record.
+    let removed: Vec<String> = found.removes.iter().map(|r| r.path.clone()).collect();
+    super::pending::record(storage, spec.name, request_id, &removed).await?;
     let committed = commit::remove_and_add(
         storage,
         spec.name,
@@ -117,6 +122,7 @@ async fn rewrite_table(
     )
     .await?;
     let Some(version) = committed else {
+        super::pending::clear(storage, spec.name, request_id).await?;
         return Ok(false);
     };
     report.version_after = Some(version);
@@ -127,6 +133,7 @@ async fn rewrite_table(
     report.bytes_rewritten += found.bytes_rewritten;
     pause_point(&format!("commit:{}", spec.name)).await;
     report.files_vacuumed += delete_removed(storage, spec.name, &found.removes).await?;
+    super::pending::clear(storage, spec.name, request_id).await?;
     info!(
         table = spec.name,
         files_rewritten = found.removes.len(),
@@ -184,10 +191,14 @@ async fn inspect_files(
                 // is nothing when the subject was all the file held.
                 let adds = match hit.rewritten.take() {
                     Some((bytes, metadata)) if hit.removed > 0 => {
-                        vec![
-                            store_rewritten(&store, &spec, &hit, old_stats, bytes, &metadata)
-                                .await?,
-                        ]
+                        let file = splice::SplicedFile {
+                            partition: &hit.partition,
+                            old_stats: old_stats.as_deref(),
+                            rows: hit.kept_rows,
+                            bytes,
+                            metadata: &metadata,
+                        };
+                        vec![file.store(&store, &spec).await?]
                     }
                     _ => Vec::new(),
                 };
@@ -267,83 +278,6 @@ async fn delete_removed(storage: &Storage, table: &str, removes: &[Remove]) -> R
         }
     }
     Ok(deleted)
-}
-
-/// Stores the rewritten file next to the one it replaces; its add action. The statistics are
-/// the old file's with the new row and null counts: its minimum and maximum values still bound
-/// the rows kept (a subset), and its columns are the table's statistics columns, which never
-/// hold an identifier.
-async fn store_rewritten(
-    store: &Arc<dyn object_store::ObjectStore>,
-    spec: &TableSpec,
-    hit: &FileHit,
-    old_stats: Option<String>,
-    bytes: bytes::Bytes,
-    metadata: &ParquetMetaData,
-) -> Result<Add> {
-    let rel = format!(
-        "{}={}/part-00000-{}-c000.zstd.parquet",
-        spec.partition_column,
-        hit.partition,
-        uuid::Uuid::new_v4()
-    );
-    let size = bytes.len() as i64;
-    let path = layout::table_file(spec.name, &rel);
-    store
-        .put(&path, bytes.into())
-        .await
-        .map_err(|e| EngineError::Internal(format!("writing {path}: {e}")))?;
-    Ok(Add {
-        path: rel,
-        partition_values: [(
-            spec.partition_column.to_string(),
-            Some(hit.partition.clone()),
-        )]
-        .into_iter()
-        .collect(),
-        size,
-        modification_time: chrono::Utc::now().timestamp_millis(),
-        data_change: true,
-        stats: Some(kept_stats(old_stats.as_deref(), hit.kept_rows, metadata)),
-        tags: None,
-        deletion_vector: None,
-        base_row_id: None,
-        default_row_commit_version: None,
-        clustering_provider: None,
-    })
-}
-
-/// Delta statistics of a file holding a subset of the rows of a file with statistics `old`:
-/// `numRecords` is `rows`, `nullCount` is counted again from the new file's Parquet
-/// statistics (a column they do not count is left out: unknown), the bounds stay.
-fn kept_stats(old: Option<&str>, rows: usize, metadata: &ParquetMetaData) -> String {
-    let mut stats: serde_json::Map<String, serde_json::Value> = old
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    stats.insert("numRecords".into(), rows.into());
-    if let Some(serde_json::Value::Object(nulls)) = stats.get_mut("nullCount") {
-        let schema = metadata.file_metadata().schema_descr();
-        nulls.retain(|column, count| {
-            let Some(idx) = (0..schema.num_columns())
-                .find(|i| schema.column(*i).path().parts() == [column.as_str()])
-            else {
-                return false;
-            };
-            let counted: Option<u64> = metadata
-                .row_groups()
-                .iter()
-                .map(|rg| rg.column(idx).statistics()?.null_count_opt())
-                .sum();
-            match counted {
-                Some(n) => {
-                    *count = n.into();
-                    true
-                }
-                None => false,
-            }
-        });
-    }
-    serde_json::Value::Object(stats).to_string()
 }
 
 /// A candidate file: what it holds of the subject, and the file without it.
@@ -556,23 +490,6 @@ fn with_partition(batch: RecordBatch, spec: &TableSpec, days: i32) -> Result<Rec
         })
         .collect::<Result<_>>()?;
     Ok(RecordBatch::try_new(spec.schema.clone(), cols)?)
-}
-
-/// Deletes files that earlier purge commits removed and that are still in storage.
-async fn vacuum_previous_purges(storage: &Storage, table: &str) -> Result<usize> {
-    let store = storage.store();
-    let mut deleted = 0;
-    for removed in log::files_removed_by_marked_commits(storage, table, PURGE_MARKER).await? {
-        let path = layout::table_file(table, &removed);
-        if store.head(&path).await.is_ok() {
-            store
-                .delete(&path)
-                .await
-                .map_err(|err| EngineError::Internal(err.to_string()))?;
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -16,18 +16,26 @@
 //! reaches the source scan (DataFusion pushes it below the grouping), so a day costs a
 //! filtered scan of the source instead of its whole grouping.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Date32Type};
 use chrono::NaiveDate;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
+use deltalake::kernel::{Add, Remove};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 
-use crate::delta::log::changed_dates;
+use crate::delta::commit::{self, PartitionReplace};
+use crate::delta::layout;
+use crate::delta::log::{self, changed_dates, LiveFile};
 use crate::literal::text_literal;
-use crate::registry::RollupSpec;
+use crate::registry::{RollupSpec, TableSpec};
+use crate::table::EventTable;
+use crate::writer::{splice, writer_properties};
 use crate::{sketch, EngineError, Result, Storage};
 
 /// The rows a purge removed from a source table in its commit `version`.
@@ -39,18 +47,75 @@ pub struct PurgedRows {
     pub rows: Vec<RecordBatch>,
 }
 
-/// Per day of `days`, the predicate on the rollup's group columns that selects the groups
-/// `purged`'s rows were in; None when this run cannot be limited to them: the rollup has no
-/// group columns (a rollup of a rollup), the run goes past the purge's commit, or a commit
-/// between the one the rollup consumed and the purge's changed rows.
-pub(super) async fn group_predicates(
+/// The groups of a rollup day that a purged subject's rows were in.
+#[derive(Debug, Clone, Default)]
+pub(super) struct DayGroups {
+    /// Each group's values of the rollup's group columns (None: null), in the order of
+    /// [`RollupSpec::group_columns`].
+    keys: Vec<Vec<Option<String>>>,
+}
+
+impl DayGroups {
+    /// `("col" = 'v' AND ...) OR ...`: the predicate on the group columns that selects them.
+    pub fn predicate(&self, spec: &RollupSpec) -> String {
+        self.keys
+            .iter()
+            .map(|key| {
+                let conditions: Vec<String> = spec
+                    .group_columns
+                    .iter()
+                    .zip(key)
+                    .map(|(name, value)| match value {
+                        None => format!("\"{name}\" IS NULL"),
+                        Some(v) => format!("\"{name}\" = {}", text_literal(v)),
+                    })
+                    .collect();
+                format!("({})", conditions.join(" AND "))
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    }
+
+    /// Which rows of `batch` (rollup rows holding at least the group columns) are in these
+    /// groups: the same test as [`DayGroups::predicate`], on values read from a stored file.
+    pub fn matches(&self, spec: &RollupSpec, batch: &RecordBatch) -> Result<BooleanArray> {
+        let columns = spec
+            .group_columns
+            .iter()
+            .map(|c| {
+                let column = batch.column_by_name(c).ok_or_else(|| {
+                    EngineError::Internal(format!("{}: no column {c}", spec.name))
+                })?;
+                crate::text::utf8(column, c)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        fn value(c: &arrow::array::StringArray, row: usize) -> Option<&str> {
+            (!c.is_null(row)).then(|| c.value(row))
+        }
+        Ok((0..batch.num_rows())
+            .map(|row| {
+                Some(self.keys.iter().any(|key| {
+                    key.iter()
+                        .zip(&columns)
+                        .all(|(want, column)| want.as_deref() == value(column, row))
+                }))
+            })
+            .collect())
+    }
+}
+
+/// Per day of `days`, the rollup groups `purged`'s rows were in; None when this run cannot be
+/// limited to them: the rollup has no group columns (a rollup of a rollup), the run goes past
+/// the purge's commit, or a commit between the one the rollup consumed and the purge's changed
+/// rows.
+pub(super) async fn subject_groups(
     storage: &Storage,
     spec: &RollupSpec,
     consumed: Option<u64>,
     to_version: u64,
     purged: &PurgedRows,
     days: &BTreeSet<NaiveDate>,
-) -> Result<Option<BTreeMap<NaiveDate, String>>> {
+) -> Result<Option<BTreeMap<NaiveDate, DayGroups>>> {
     let Some(consumed) = consumed else {
         return Ok(None);
     };
@@ -80,10 +145,10 @@ pub(super) async fn group_predicates(
         .collect()
         .await
         .map_err(EngineError::from_execution)?;
-    let mut per_day: BTreeMap<NaiveDate, Vec<String>> = BTreeMap::new();
+    let mut per_day: BTreeMap<NaiveDate, DayGroups> = BTreeMap::new();
     for batch in &groups {
-        for (day, group) in group_conditions(spec, batch)? {
-            per_day.entry(day).or_default().push(group);
+        for (day, key) in group_keys(spec, batch)? {
+            per_day.entry(day).or_default().keys.push(key);
         }
     }
     // Every day the commit changed holds rows of the subject; a day without a group would
@@ -91,17 +156,14 @@ pub(super) async fn group_predicates(
     if days.iter().any(|d| !per_day.contains_key(d)) {
         return Ok(None);
     }
-    Ok(Some(
-        per_day
-            .into_iter()
-            .map(|(day, groups)| (day, groups.join(" OR ")))
-            .collect(),
-    ))
+    Ok(Some(per_day))
 }
 
-/// Each row of `batch` (rollup rows) as its day and `(col = value AND ...)` over the rollup's
-/// group columns.
-fn group_conditions(spec: &RollupSpec, batch: &RecordBatch) -> Result<Vec<(NaiveDate, String)>> {
+/// Each row of `batch` (rollup rows) as its day and its values of the rollup's group columns.
+fn group_keys(
+    spec: &RollupSpec,
+    batch: &RecordBatch,
+) -> Result<Vec<(NaiveDate, Vec<Option<String>>)>> {
     let column = |name: &str| {
         batch
             .column_by_name(name)
@@ -120,41 +182,240 @@ fn group_conditions(spec: &RollupSpec, batch: &RecordBatch) -> Result<Vec<(Naive
         let day = epoch
             .checked_add_signed(chrono::TimeDelta::days(i64::from(dates.value(row))))
             .ok_or_else(|| EngineError::Internal(format!("{}: date out of range", spec.name)))?;
-        let conditions: Vec<String> = spec
-            .group_columns
+        let key = keys
             .iter()
-            .zip(&keys)
-            .map(|(name, values)| {
-                if values.is_null(row) {
-                    format!("\"{name}\" IS NULL")
-                } else {
-                    format!("\"{name}\" = {}", text_literal(values.value(row)))
-                }
-            })
+            .map(|values| (!values.is_null(row)).then(|| values.value(row).to_string()))
             .collect();
-        out.push((day, format!("({})", conditions.join(" AND "))));
+        out.push((day, key));
     }
     Ok(out)
 }
 
-/// The two statements that make day `day` of the rollup: its stored rows outside the groups
-/// `groups` selects, and its SQL over the source filtered to those groups; `columns` is the
-/// rollup's column list in its schema's order.
+/// The two statements that make day `day` of the rollup whole: its stored rows outside
+/// `groups`, and [`fresh_statement`]; `columns` is the rollup's column list in its schema's
+/// order.
 pub(super) fn day_statements(
     spec: &RollupSpec,
     day: NaiveDate,
-    groups: &str,
+    groups: &DayGroups,
     columns: &str,
 ) -> Vec<String> {
     let date = crate::literal::date_literal(day);
     vec![
         format!(
-            "SELECT {columns} FROM \"{}\" WHERE event_date = {date} AND NOT ({groups})",
-            spec.name
+            "SELECT {columns} FROM \"{}\" WHERE event_date = {date} AND NOT ({})",
+            spec.name,
+            groups.predicate(spec)
         ),
-        format!(
-            "SELECT {columns} FROM (\n{}\n) AS fresh WHERE {groups}",
-            spec.sql_for(Some(&BTreeSet::from([day])))
-        ),
+        fresh_statement(spec, day, groups, columns),
     ]
+}
+
+/// The rollup's SQL over day `day` of the source, filtered to `groups`: their rows recomputed
+/// (a group only the subject made is gone).
+pub(super) fn fresh_statement(
+    spec: &RollupSpec,
+    day: NaiveDate,
+    groups: &DayGroups,
+    columns: &str,
+) -> String {
+    format!(
+        "SELECT {columns} FROM (\n{}\n) AS fresh WHERE {}",
+        spec.sql_for(Some(&BTreeSet::from([day]))),
+        groups.predicate(spec)
+    )
+}
+
+/// The days of rollup `table` in `groups` with those groups' rows replaced by `fresh` (the
+/// groups recomputed), in one commit recording `replace`'s `txn`: each stored file of those
+/// days that holds one of the groups is spliced without their rows (only its row groups that
+/// held them are decoded and encoded again, see [`crate::writer::splice`]; its other rows stay
+/// as they are encoded), and `fresh` is written as new files. None when the commit lost a
+/// conflict (nothing committed): the caller replaces the days whole.
+pub(super) async fn splice_days(
+    storage: &Storage,
+    spec: &'static RollupSpec,
+    table: &EventTable,
+    groups: &BTreeMap<NaiveDate, DayGroups>,
+    fresh: Vec<RecordBatch>,
+    replace: &PartitionReplace,
+) -> Result<Option<u64>> {
+    let delta = table.delta();
+    let tspec = table.spec().clone();
+    // The statistics each file's add action carries: a spliced file keeps their bounds.
+    let stats: HashMap<String, Option<String>> = delta
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| (f.path().to_string(), f.stats()))
+        .collect();
+    let mut tasks = Vec::new();
+    for file in log::live_files(delta, tspec.partition_column)? {
+        let Some(day) = file
+            .partition
+            .as_deref()
+            .and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok())
+        else {
+            continue;
+        };
+        let Some(day_groups) = groups.get(&day).cloned() else {
+            continue;
+        };
+        let old_stats = stats.get(&file.path).cloned().flatten();
+        let (store, tspec) = (storage.store().clone(), tspec.clone());
+        tasks.push(async move {
+            tokio::spawn(async move {
+                splice_file(&store, spec, &tspec, file, &day_groups, old_stats).await
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("a rollup splice task failed: {e}")))?
+        });
+    }
+    let spliced: Vec<Option<(Remove, Option<Add>, usize)>> = futures::stream::iter(tasks)
+        .buffer_unordered(strata_schemas::cores())
+        .try_collect()
+        .await?;
+    let mut removes = Vec::new();
+    let mut adds = Vec::new();
+    let mut encoded = 0;
+    for (remove, add, row_groups_encoded) in spliced.into_iter().flatten() {
+        removes.push(remove);
+        adds.extend(add);
+        encoded += row_groups_encoded;
+    }
+    let fresh_rows: usize = fresh.iter().map(RecordBatch::num_rows).sum();
+    if fresh_rows > 0 {
+        let mut writer = RecordBatchWriter::for_table(delta)?
+            .with_writer_properties(writer_properties(&tspec, fresh_rows));
+        for batch in fresh {
+            writer.write(batch).await?;
+        }
+        adds.extend(writer.flush().await?);
+    }
+    tracing::debug!(
+        rollup = spec.name,
+        files_spliced = removes.len(),
+        row_groups_encoded = encoded,
+        fresh_rows,
+        "rollup days spliced"
+    );
+    commit::splice_partitions(storage, delta, &tspec, removes, adds, replace).await
+}
+
+/// Rollup file `file` without the rows of `groups`: its remove, the spliced file's add (None
+/// when no row is left), and the row groups encoded again; None when it holds none of them.
+async fn splice_file(
+    store: &Arc<dyn object_store::ObjectStore>,
+    spec: &RollupSpec,
+    tspec: &TableSpec,
+    file: LiveFile,
+    groups: &DayGroups,
+    old_stats: Option<String>,
+) -> Result<Option<(Remove, Option<Add>, usize)>> {
+    let path = layout::table_file(tspec.name, &file.path);
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    let matches = |batch: &RecordBatch| groups.matches(spec, batch);
+    let candidates = splice::row_groups_with(&bytes, spec.group_columns, matches)?;
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let rows = usize::try_from(file.rows.unwrap_or(0)).unwrap_or(0);
+    let spliced =
+        splice::without_rows(&bytes, &candidates, writer_properties(tspec, rows), matches)?;
+    if spliced.removed_rows() == 0 {
+        return Ok(None);
+    }
+    let partition = file.partition.clone().unwrap_or_default();
+    let add = match spliced.file {
+        Some((bytes, metadata)) => Some(
+            splice::SplicedFile {
+                partition: &partition,
+                old_stats: old_stats.as_deref(),
+                rows: spliced.rows,
+                bytes,
+                metadata: &metadata,
+            }
+            .store(store, tspec)
+            .await?,
+        ),
+        None => None,
+    };
+    let remove = commit::removal_of(&file, tspec.partition_column, true);
+    Ok(Some((remove, add, spliced.row_groups_encoded)))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+    use crate::registry::ROLLUPS;
+
+    /// What a stored file's rows match is what the fresh statement's predicate selects, nulls
+    /// included: the rows a splice removes are the rows the recomputation puts back.
+    #[tokio::test]
+    async fn stored_rows_match_exactly_what_the_predicate_selects() {
+        let spec = ROLLUPS.iter().find(|r| r.name == "ai_usage_daily").unwrap();
+        let text = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("feature", DataType::Utf8, true),
+            Field::new("provider", DataType::Utf8, true),
+            Field::new("model", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                text(vec![Some("chat"), Some("chat"), None, None, Some("it's")]),
+                text(vec![Some("p"), Some("p"), Some("p"), Some("p"), Some("p")]),
+                text(vec![Some("m"), None, Some("m"), Some("x"), None]),
+                Arc::new(Int64Array::from(vec![0, 1, 2, 3, 4])),
+            ],
+        )
+        .unwrap();
+        let groups = DayGroups {
+            keys: vec![
+                vec![Some("chat".into()), Some("p".into()), None],
+                vec![None, Some("p".into()), Some("m".into())],
+                vec![Some("it's".into()), Some("p".into()), None],
+            ],
+        };
+        let matched: Vec<bool> = groups
+            .matches(spec, &batch)
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(matched, [false, true, true, false, true]);
+
+        let ctx = SessionContext::new();
+        ctx.register_batch("t", batch).unwrap();
+        let selected = ctx
+            .sql(&format!(
+                "SELECT n FROM t WHERE {} ORDER BY n",
+                groups.predicate(spec)
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n: Vec<i64> = selected
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(n, [1, 2, 4]);
+    }
 }

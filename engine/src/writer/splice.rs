@@ -18,17 +18,21 @@ use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch};
 use bytes::Bytes;
+use deltalake::kernel::Add;
+use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::arrow_writer::compute_leaves;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::bloom_filter::Sbbf;
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::WriterProperties;
 
+use crate::delta::layout;
+use crate::registry::TableSpec;
 use crate::{EngineError, Result};
 
 /// A file without the rows a matcher selected.
@@ -127,6 +131,125 @@ pub(crate) fn without_rows(
         rows,
         row_groups_encoded,
     })
+}
+
+/// The row groups of Parquet file `bytes` where `matches` selects a row, reading only
+/// `columns` (the batches `matches` sees hold just those): what [`without_rows`] then decodes
+/// whole.
+pub(crate) fn row_groups_with(
+    bytes: &Bytes,
+    columns: &[&str],
+    matches: impl Fn(&RecordBatch) -> Result<BooleanArray>,
+) -> Result<Vec<usize>> {
+    let failed = |e: parquet::errors::ParquetError| EngineError::Internal(e.to_string());
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Skip);
+    let meta = ArrowReaderMetadata::load(bytes, options).map_err(failed)?;
+    let mask = ProjectionMask::columns(meta.parquet_schema(), columns.iter().copied());
+    let mut holding = Vec::new();
+    for rg in 0..meta.metadata().num_row_groups() {
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone())
+                .with_row_groups(vec![rg])
+                .with_projection(mask.clone())
+                .build()
+                .map_err(failed)?;
+        for batch in reader {
+            if matches(&batch?)?.true_count() > 0 {
+                holding.push(rg);
+                break;
+            }
+        }
+    }
+    Ok(holding)
+}
+
+/// A spliced file to store in a table's partition, in place of the file it was spliced from.
+pub(crate) struct SplicedFile<'a> {
+    /// The partition value as written in the path (`2026-10-01`).
+    pub partition: &'a str,
+    /// The Delta statistics of the file it replaces.
+    pub old_stats: Option<&'a str>,
+    /// Rows of the new file.
+    pub rows: usize,
+    pub bytes: Bytes,
+    pub metadata: &'a ParquetMetaData,
+}
+
+impl SplicedFile<'_> {
+    /// Stores the file next to the one it replaces; its add action. The statistics are the
+    /// old file's with the new row and null counts: its minimum and maximum values still bound
+    /// the rows kept (a subset), and its columns are the table's statistics columns, which
+    /// never hold an identifier.
+    pub async fn store(
+        self,
+        store: &Arc<dyn object_store::ObjectStore>,
+        spec: &TableSpec,
+    ) -> Result<Add> {
+        let codec = if spec.lz4 { "lz4" } else { "zstd" };
+        let rel = format!(
+            "{}={}/part-00000-{}-c000.{codec}.parquet",
+            spec.partition_column,
+            self.partition,
+            uuid::Uuid::new_v4()
+        );
+        let size = self.bytes.len() as i64;
+        let path = layout::table_file(spec.name, &rel);
+        store
+            .put(&path, self.bytes.into())
+            .await
+            .map_err(|e| EngineError::Internal(format!("writing {path}: {e}")))?;
+        Ok(Add {
+            path: rel,
+            partition_values: [(
+                spec.partition_column.to_string(),
+                Some(self.partition.to_string()),
+            )]
+            .into_iter()
+            .collect(),
+            size,
+            modification_time: chrono::Utc::now().timestamp_millis(),
+            data_change: true,
+            stats: Some(kept_stats(self.old_stats, self.rows, self.metadata)),
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        })
+    }
+}
+
+/// Delta statistics of a file holding a subset of the rows of a file with statistics `old`:
+/// `numRecords` is `rows`, `nullCount` is counted again from the new file's Parquet
+/// statistics (a column they do not count is left out: unknown), the bounds stay.
+fn kept_stats(old: Option<&str>, rows: usize, metadata: &ParquetMetaData) -> String {
+    let mut stats: serde_json::Map<String, serde_json::Value> = old
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    stats.insert("numRecords".into(), rows.into());
+    if let Some(serde_json::Value::Object(nulls)) = stats.get_mut("nullCount") {
+        let schema = metadata.file_metadata().schema_descr();
+        nulls.retain(|column, count| {
+            let Some(idx) = (0..schema.num_columns())
+                .find(|i| schema.column(*i).path().parts() == [column.as_str()])
+            else {
+                return false;
+            };
+            let counted: Option<u64> = metadata
+                .row_groups()
+                .iter()
+                .map(|rg| rg.column(idx).statistics()?.null_count_opt())
+                .sum();
+            match counted {
+                Some(n) => {
+                    *count = n.into();
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+    serde_json::Value::Object(stats).to_string()
 }
 
 /// Row group `rg` of the file, decoded.

@@ -7,7 +7,7 @@
 //! mod.rs          create_table; the txn app ids and commitInfo markers; the rewrite fence
 //! append.rs       fenced append: offsets + tombstone marker as txn, files written once
 //! txn.rs          raise_txn: one txn, no files (the GDPR tombstone marker)
-//! replace.rs      rollup partition replace (rewrite fence)
+//! replace.rs      rollup partition replace, whole or spliced (rewrite fence)
 //! rewrite.rs      remove + add: purge rewrite, compaction, retention (rewrite fence)
 //! maintenance.rs  checkpoint, cleanup of expired log entries
 //! observe.rs      the process's commit observer (a server's metrics)
@@ -34,7 +34,9 @@ pub(crate) use append::append;
 pub use append::{AppendOutcome, RawAppend, TxnUpdate};
 pub(crate) use maintenance::{checkpoint, clean_expired_log};
 pub use observe::{set_commit_observer, CommitObserver, Operation};
-pub(crate) use replace::{replace_partitions, PartitionReplace};
+pub(crate) use replace::{
+    replace_partitions, replace_with_files, splice_partitions, PartitionReplace,
+};
 pub(crate) use rewrite::{commit_compaction, commit_expiry, removal, removal_of, remove_and_add};
 pub(crate) use txn::raise_txn;
 
