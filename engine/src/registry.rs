@@ -328,10 +328,17 @@ pub struct RollupSpec {
     pub source: &'static str,
     pub sql: &'static str,
     pub stats_columns: &'static [&'static str],
-    /// The columns besides `event_date` that key a row of a rollup of a raw table (one group
-    /// per day and value of each): a purge recomputes only the groups its subject's rows were
-    /// in. Empty for a rollup of a rollup, which recomputes its days whole.
+    /// The columns besides `event_date` that key a group of the rollup (the rows of one day
+    /// and value of each are computed together, apart from any other): a purge recomputes only
+    /// the groups its subject's rows were in (for a rollup of a rollup, the groups of the
+    /// source rows the purge's splice of the source removed). Empty: a purge recomputes its
+    /// days whole.
     pub group_columns: &'static [&'static str],
+    /// The group columns are columns of the source as they are (no expression over them): a
+    /// purge's recomputation of some groups filters the source by them too, in the SQL's
+    /// `{dates}` condition, where a filter above the statement would not reach the scan (the
+    /// top lists read their source twice, through a join).
+    pub groups_in_source: bool,
 }
 
 /// The rollups, a rollup after the rollup it reads.
@@ -341,6 +348,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         source: "link_clicks",
         sql: include_str!("../sql/rollups/click_stats_daily.sql"),
         group_columns: &["category", "item_type", "source"],
+        groups_in_source: false,
         stats_columns: &[
             "category",
             "item_type",
@@ -358,6 +366,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         source: "click_stats_daily",
         sql: include_str!("../sql/rollups/click_stats_daily_totals.sql"),
         group_columns: &[],
+        groups_in_source: false,
         stats_columns: &["clicks", "human_clicks", "unique_users", "unique_sessions"],
     },
     RollupSpec {
@@ -365,6 +374,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         source: "link_clicks",
         sql: include_str!("../sql/rollups/click_stats_daily_items.sql"),
         group_columns: &["item_id", "item_type", "category"],
+        groups_in_source: false,
         stats_columns: &[
             "event_date",
             "item_type",
@@ -378,7 +388,9 @@ pub const ROLLUPS: &[RollupSpec] = &[
         name: "click_stats_daily_top_items",
         source: "click_stats_daily_items",
         sql: include_str!("../sql/rollups/click_stats_daily_top_items.sql"),
-        group_columns: &[],
+        // A list is one day x category x item type, computed from that group's items alone.
+        group_columns: &["category", "item_type"],
+        groups_in_source: true,
         stats_columns: &["event_date", "item_type", "category", "clicks"],
     },
     RollupSpec {
@@ -386,6 +398,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         source: "ai_usage",
         sql: include_str!("../sql/rollups/ai_usage_daily.sql"),
         group_columns: &["feature", "provider", "model"],
+        groups_in_source: true,
         stats_columns: &[
             "feature", "provider", "model", "calls", "errors", "cost_usd",
         ],

@@ -191,16 +191,21 @@ impl RollupBuilder {
         chain: Vec<&'static RollupSpec>,
     ) -> Vec<(&'static RollupSpec, Result<RollupReport>)> {
         let mut outcomes = Vec::new();
+        // The rows a purge removed from raw tables, then the rollup rows each splice removed:
+        // a rollup of a spliced rollup recomputes the groups of those.
+        let mut purged_rows = self.purged.clone();
         for spec in chain {
             let started = chrono::Utc::now();
-            let purged = self.purged.iter().find(|p| p.table == spec.source);
-            let mut result = run_one(&self.catalog, spec, self.rebuild, purged).await;
+            let purged = purged_rows.iter().find(|p| p.table == spec.source);
+            let mut spliced = None;
+            let mut result = run_one(&self.catalog, spec, self.rebuild, purged, &mut spliced).await;
             if matches!(&result, Err(e) if e.is_missing_file()) {
                 // A purge, retention or vacuum deleted a file of the snapshot this run read:
                 // once more, on a fresh one.
                 let _ = self.catalog.refresh().await;
-                result = run_one(&self.catalog, spec, self.rebuild, purged).await;
+                result = run_one(&self.catalog, spec, self.rebuild, purged, &mut spliced).await;
             }
+            purged_rows.extend(spliced);
             if self.jobs {
                 let (status, detail) = match &result {
                     Ok(r) => ("ok", serde_json::to_string(r).unwrap_or_default()),
@@ -252,6 +257,7 @@ async fn run_one(
     spec: &'static RollupSpec,
     rebuild: bool,
     purged: Option<&PurgedRows>,
+    spliced_out: &mut Option<PurgedRows>,
 ) -> Result<RollupReport> {
     let started = Instant::now();
     let ms = || started.elapsed().as_millis() as u64;
@@ -321,7 +327,7 @@ async fn run_one(
         let fresh = compute(&snapshot, catalog.runtime(), &days, fresh, &schema, sink).await?;
         report.rows = fresh.rows;
         computed_ms = ms();
-        report.version = purged::splice_days(
+        if let Some((version, removed)) = purged::splice_days(
             catalog.storage(),
             spec,
             &table,
@@ -329,8 +335,12 @@ async fn run_one(
             fresh.batches,
             &replace,
         )
-        .await?;
-        report.subject_groups_only = report.version.is_some();
+        .await?
+        {
+            report.version = Some(version);
+            report.subject_groups_only = true;
+            *spliced_out = Some(removed);
+        }
     }
     if !report.subject_groups_only {
         let statements = |day: NaiveDate| match &groups {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Array, RecordBatch};
+use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use deltalake::kernel::{Add, Remove};
 use deltalake::DeltaTable;
@@ -332,7 +332,7 @@ async fn inspect_file(
     let subject_rows = spliced
         .removed
         .iter()
-        .map(|b| with_partition(b.clone(), spec, days))
+        .map(|b| splice::with_partition(b.clone(), spec, days))
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(FileHit {
         rel,
@@ -470,26 +470,6 @@ fn partition_value(rel: &str, column: &str) -> Result<(i32, String)> {
         (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32,
         value.to_string(),
     ))
-}
-
-/// A batch read from a data file (which holds no partition column) in the table's schema.
-fn with_partition(batch: RecordBatch, spec: &TableSpec, days: i32) -> Result<RecordBatch> {
-    let cols: Vec<ArrayRef> = spec
-        .schema
-        .fields()
-        .iter()
-        .map(|f| {
-            if f.name() == spec.partition_column {
-                Ok(Arc::new(Date32Array::from(vec![days; batch.num_rows()])) as ArrayRef)
-            } else {
-                let c = batch.column_by_name(f.name()).ok_or_else(|| {
-                    EngineError::Internal(format!("file lacks column {}", f.name()))
-                })?;
-                Ok(arrow::compute::cast(c, f.data_type())?)
-            }
-        })
-        .collect::<Result<_>>()?;
-    Ok(RecordBatch::try_new(spec.schema.clone(), cols)?)
 }
 
 #[cfg(test)]

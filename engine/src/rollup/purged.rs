@@ -105,9 +105,9 @@ impl DayGroups {
 }
 
 /// Per day of `days`, the rollup groups `purged`'s rows were in; None when this run cannot be
-/// limited to them: the rollup has no group columns (a rollup of a rollup), the run goes past
-/// the purge's commit, or a commit between the one the rollup consumed and the purge's changed
-/// rows.
+/// limited to them: the rollup has no group columns, the run goes past the purge's commit (or,
+/// for a rollup of a rollup, its source's splice), or a commit between the one the rollup
+/// consumed and that one changed rows.
 pub(super) async fn subject_groups(
     storage: &Storage,
     spec: &RollupSpec,
@@ -219,10 +219,14 @@ pub(super) fn fresh_statement(
     groups: &DayGroups,
     columns: &str,
 ) -> String {
+    let predicate = groups.predicate(spec);
+    let mut scope = super::dates_predicate(&BTreeSet::from([day]));
+    if spec.groups_in_source {
+        scope = format!("{scope} AND ({predicate})");
+    }
     format!(
-        "SELECT {columns} FROM (\n{}\n) AS fresh WHERE {}",
-        spec.sql_for(Some(&BTreeSet::from([day]))),
-        groups.predicate(spec)
+        "SELECT {columns} FROM (\n{}\n) AS fresh WHERE {predicate}",
+        spec.sql.replace("{dates}", &scope),
     )
 }
 
@@ -231,7 +235,9 @@ pub(super) fn fresh_statement(
 /// days that holds one of the groups is spliced without their rows (only its row groups that
 /// held them are decoded and encoded again, see [`crate::writer::splice`]; its other rows stay
 /// as they are encoded), and `fresh` is written as new files. None when the commit lost a
-/// conflict (nothing committed): the caller replaces the days whole.
+/// conflict (nothing committed): the caller replaces the days whole. With the new version
+/// come the rollup rows the commit removed (with their day): the rows of this rollup a
+/// rollup of it recomputes the groups of.
 pub(super) async fn splice_days(
     storage: &Storage,
     spec: &'static RollupSpec,
@@ -239,7 +245,7 @@ pub(super) async fn splice_days(
     groups: &BTreeMap<NaiveDate, DayGroups>,
     fresh: Vec<RecordBatch>,
     replace: &PartitionReplace,
-) -> Result<Option<u64>> {
+) -> Result<Option<(u64, PurgedRows)>> {
     let delta = table.delta();
     let tspec = table.spec().clone();
     // The statistics each file's add action carries: a spliced file keeps their bounds.
@@ -271,17 +277,19 @@ pub(super) async fn splice_days(
             .map_err(|e| EngineError::Internal(format!("a rollup splice task failed: {e}")))?
         });
     }
-    let spliced: Vec<Option<(Remove, Option<Add>, usize)>> = futures::stream::iter(tasks)
+    let spliced: Vec<Option<FileSplice>> = futures::stream::iter(tasks)
         .buffer_unordered(strata_schemas::cores())
         .try_collect()
         .await?;
     let mut removes = Vec::new();
     let mut adds = Vec::new();
+    let mut removed_rows = Vec::new();
     let mut encoded = 0;
-    for (remove, add, row_groups_encoded) in spliced.into_iter().flatten() {
-        removes.push(remove);
-        adds.extend(add);
-        encoded += row_groups_encoded;
+    for file in spliced.into_iter().flatten() {
+        removes.push(file.remove);
+        adds.extend(file.add);
+        removed_rows.extend(file.removed);
+        encoded += file.row_groups_encoded;
     }
     let fresh_rows: usize = fresh.iter().map(RecordBatch::num_rows).sum();
     if fresh_rows > 0 {
@@ -299,11 +307,29 @@ pub(super) async fn splice_days(
         fresh_rows,
         "rollup days spliced"
     );
-    commit::splice_partitions(storage, delta, &tspec, removes, adds, replace).await
+    let committed =
+        commit::splice_partitions(storage, delta, &tspec, removes, adds, replace).await?;
+    Ok(committed.map(|version| {
+        let rows = PurgedRows {
+            table: spec.name.into(),
+            version,
+            rows: removed_rows,
+        };
+        (version, rows)
+    }))
 }
 
-/// Rollup file `file` without the rows of `groups`: its remove, the spliced file's add (None
-/// when no row is left), and the row groups encoded again; None when it holds none of them.
+/// One rollup file spliced.
+struct FileSplice {
+    remove: Remove,
+    /// The file without the groups' rows (None when none was left).
+    add: Option<Add>,
+    /// The rows removed, in the table's schema (with their day).
+    removed: Vec<RecordBatch>,
+    row_groups_encoded: usize,
+}
+
+/// Rollup file `file` without the rows of `groups`; None when it holds none of them.
 async fn splice_file(
     store: &Arc<dyn object_store::ObjectStore>,
     spec: &RollupSpec,
@@ -311,7 +337,7 @@ async fn splice_file(
     file: LiveFile,
     groups: &DayGroups,
     old_stats: Option<String>,
-) -> Result<Option<(Remove, Option<Add>, usize)>> {
+) -> Result<Option<FileSplice>> {
     let path = layout::table_file(tspec.name, &file.path);
     let bytes = store
         .get(&path)
@@ -346,8 +372,20 @@ async fn splice_file(
         ),
         None => None,
     };
-    let remove = commit::removal_of(&file, tspec.partition_column, true);
-    Ok(Some((remove, add, spliced.row_groups_encoded)))
+    let day = NaiveDate::parse_from_str(&partition, "%Y-%m-%d")
+        .map_err(|e| EngineError::Internal(format!("{}: bad partition value: {e}", file.path)))?;
+    let days = (day - NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch")).num_days() as i32;
+    let removed = spliced
+        .removed
+        .into_iter()
+        .map(|b| splice::with_partition(b, tspec, days))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(FileSplice {
+        remove: commit::removal_of(&file, tspec.partition_column, true),
+        add,
+        removed,
+        row_groups_encoded: spliced.row_groups_encoded,
+    }))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{ArrayRef, BooleanArray, Date32Array, RecordBatch};
 use bytes::Bytes;
 use deltalake::kernel::Add;
 use object_store::ObjectStoreExt;
@@ -250,6 +250,30 @@ fn kept_stats(old: Option<&str>, rows: usize, metadata: &ParquetMetaData) -> Str
         });
     }
     serde_json::Value::Object(stats).to_string()
+}
+
+/// A batch read from a data file (which holds no partition column) in the table's schema.
+pub(crate) fn with_partition(
+    batch: RecordBatch,
+    spec: &TableSpec,
+    days: i32,
+) -> Result<RecordBatch> {
+    let cols: Vec<ArrayRef> = spec
+        .schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == spec.partition_column {
+                Ok(Arc::new(Date32Array::from(vec![days; batch.num_rows()])) as ArrayRef)
+            } else {
+                let c = batch.column_by_name(f.name()).ok_or_else(|| {
+                    EngineError::Internal(format!("file lacks column {}", f.name()))
+                })?;
+                Ok(arrow::compute::cast(c, f.data_type())?)
+            }
+        })
+        .collect::<Result<_>>()?;
+    Ok(RecordBatch::try_new(spec.schema.clone(), cols)?)
 }
 
 /// Row group `rg` of the file, decoded.

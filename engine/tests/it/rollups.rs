@@ -203,12 +203,15 @@ async fn a_purge_recomputes_only_its_subjects_groups_and_matches_a_rebuild() {
         vec!["| 0        |"],
         "the subject's own group is gone"
     );
+    // The top lists, a rollup of the per-item rollup, recompute the lists of the item groups
+    // the splice changed; the totals (no group columns) their days whole.
     assert_eq!(
         subject_group_runs(&session).await,
         vec![
             "rollup:ai_usage_daily",
             "rollup:click_stats_daily",
             "rollup:click_stats_daily_items",
+            "rollup:click_stats_daily_top_items",
         ],
     );
 
@@ -232,6 +235,7 @@ async fn a_purge_recomputes_only_its_subjects_groups_and_matches_a_rebuild() {
             "rollup:ai_usage_daily",
             "rollup:click_stats_daily",
             "rollup:click_stats_daily_items",
+            "rollup:click_stats_daily_top_items",
         ],
     );
 }
