@@ -39,10 +39,14 @@ impl EventTable {
                 ))
             })?;
         }
-        match log::load(storage, spec.name).await {
-            Ok(table) => return Ok(Self { spec, table }),
-            Err(DeltaTableError::NotATable(_)) => {}
-            Err(e) => return Err(e.into()),
+        // A table never created is not loaded first (the Delta loader logs a missing table
+        // at error level).
+        if log::has_log(storage, spec.name).await {
+            match log::load(storage, spec.name).await {
+                Ok(table) => return Ok(Self { spec, table }),
+                Err(DeltaTableError::NotATable(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let table = commit::create_table(storage, &spec).await?;
         Ok(Self { spec, table })

@@ -65,6 +65,11 @@ impl Tombstones {
     /// table is still at `known` (ingest polls this: only the tombstone table is read, never
     /// the whole catalog).
     pub async fn load_if_changed(storage: &Storage, known: Option<u64>) -> Result<Option<Self>> {
+        // Until the first purge there is no table: listing its log first (one list a poll,
+        // only then) spares every poll the Delta loader's error-level log of a missing table.
+        if known.is_none() && !log::has_log(storage, TOMBSTONES_TABLE).await {
+            return Ok(None);
+        }
         let table = match log::load(storage, TOMBSTONES_TABLE).await {
             Ok(t) => t,
             // No purge yet: no table. A local root has no directory either, which the Delta
