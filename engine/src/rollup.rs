@@ -347,20 +347,25 @@ async fn run_one(
             Some(g) => purged::day_statements(spec, day, &g[&day], &columns),
             None => vec![spec.sql_for(Some(&BTreeSet::from([day])))],
         };
+        // New columns: delta-rs' write path changes the table's schema with the rows, so
+        // they are collected for it; otherwise each day's task writes its own files.
+        let sink = if plan.schema_changed {
+            DaySink::Collect
+        } else {
+            DaySink::Write(Box::new((table.delta().clone(), table.spec().clone())))
+        };
+        let computed = compute(
+            &snapshot,
+            catalog.runtime(),
+            &days,
+            statements,
+            &schema,
+            sink,
+        )
+        .await?;
+        report.rows = computed.rows;
+        computed_ms = ms();
         if plan.schema_changed {
-            // New columns: delta-rs' write path changes the table's schema with the rows.
-            let sink = DaySink::Collect;
-            let computed = compute(
-                &snapshot,
-                catalog.runtime(),
-                &days,
-                statements,
-                &schema,
-                sink,
-            )
-            .await?;
-            report.rows = computed.rows;
-            computed_ms = ms();
             let mut batches = computed.batches;
             if batches.is_empty() {
                 batches.push(RecordBatch::new_empty(schema.clone()));
@@ -368,18 +373,6 @@ async fn run_one(
             report.version =
                 commit::replace_partitions(table.delta(), table.spec(), batches, replace).await?;
         } else {
-            let sink = DaySink::Write(Box::new((table.delta().clone(), table.spec().clone())));
-            let computed = compute(
-                &snapshot,
-                catalog.runtime(),
-                &days,
-                statements,
-                &schema,
-                sink,
-            )
-            .await?;
-            report.rows = computed.rows;
-            computed_ms = ms();
             let partitions: Option<BTreeSet<String>> = dates.as_ref().map(|d| {
                 d.iter()
                     .map(|day| day.format("%Y-%m-%d").to_string())

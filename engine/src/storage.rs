@@ -137,6 +137,14 @@ impl Storage {
         }
     }
 
+    /// Deletes `path`; one already gone is no error.
+    pub async fn delete_if_present(&self, path: &object_store::path::Path) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(EngineError::Internal(format!("deleting {path}: {e}"))),
+        }
+    }
+
     /// `<root>/tables/<name>/`
     pub fn table_url(&self, name: &str) -> Url {
         layout::table_url(&self.root, name)

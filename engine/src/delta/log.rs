@@ -266,6 +266,17 @@ pub(crate) async fn files_removed_by_marked_commits(
     Ok(removed)
 }
 
+/// The Delta statistics (JSON) each data file's add action carries in the loaded version of
+/// `table`, by path relative to the table: what a rewrite of the file keeps the bounds of.
+pub(crate) fn file_stats(table: &DeltaTable) -> Result<HashMap<String, Option<String>>> {
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| (f.path().to_string(), f.stats()))
+        .collect())
+}
+
 /// A data file of the loaded version of a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LiveFile {

@@ -45,11 +45,9 @@ pub(super) async fn record(
 /// Drops the record of purge `request_id` of `table`: its removed files are deleted, or its
 /// commit did not land.
 pub(super) async fn clear(storage: &Storage, table: &str, request_id: &str) -> Result<()> {
-    let path = layout::purge_pending(table, request_id);
-    match storage.store().delete(&path).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-    }
+    storage
+        .delete_if_present(&layout::purge_pending(table, request_id))
+        .await
 }
 
 /// Deletes what earlier purges of `table` removed and did not get to delete: the files their
@@ -118,10 +116,7 @@ pub(super) async fn finish_earlier(storage: &Storage, table: &str, marker: &str)
         if files.iter().any(|f| live.contains(f)) {
             continue;
         }
-        match store.delete(location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(EngineError::Internal(format!("deleting {location}: {e}"))),
-        }
+        storage.delete_if_present(location).await?;
     }
     mark_scanned(storage, table, first_time).await?;
     Ok(deleted)

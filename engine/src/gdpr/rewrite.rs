@@ -2,7 +2,6 @@
 //! are read, the files that hold the subject are rewritten without its rows, one commit
 //! (remove + add), then the removed files are deleted at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -161,13 +160,8 @@ async fn inspect_files(
 ) -> Result<Vec<Inspected>> {
     let url = storage.table_url(spec.name);
     let store = storage.store().clone();
-    // The statistics each file's add action carries: its rewrite keeps their bounds.
-    let stats: HashMap<String, Option<String>> = table
-        .snapshot()?
-        .log_data()
-        .iter()
-        .map(|f| (f.path().to_string(), f.stats()))
-        .collect();
+    // A rewritten file keeps the bounds of the statistics its add action carries.
+    let stats = log::file_stats(table)?;
     // Unordered: an ordered buffer holds a finished quick file (ruled out by its bloom filter)
     // until the slow rewrite ahead of it is done, which left one core idle.
     let parallelism = strata_schemas::cores();

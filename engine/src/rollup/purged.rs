@@ -16,7 +16,7 @@
 //! reaches the source scan (DataFusion pushes it below the grouping), so a day costs a
 //! filtered scan of the source instead of its whole grouping.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
@@ -248,13 +248,8 @@ pub(super) async fn splice_days(
 ) -> Result<Option<(u64, PurgedRows)>> {
     let delta = table.delta();
     let tspec = table.spec().clone();
-    // The statistics each file's add action carries: a spliced file keeps their bounds.
-    let stats: HashMap<String, Option<String>> = delta
-        .snapshot()?
-        .log_data()
-        .iter()
-        .map(|f| (f.path().to_string(), f.stats()))
-        .collect();
+    // A spliced file keeps the bounds of the statistics its add action carries.
+    let stats = log::file_stats(delta)?;
     let mut tasks = Vec::new();
     for file in log::live_files(delta, tspec.partition_column)? {
         let Some(day) = file

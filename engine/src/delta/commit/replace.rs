@@ -10,7 +10,6 @@ use deltalake::kernel::{Action, Add, Remove, Transaction};
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
-use object_store::ObjectStoreExt;
 use tracing::debug;
 
 use super::rewrite_fence;
@@ -204,11 +203,9 @@ async fn commit_once(
 /// Deletes files `adds` of table `spec` that no commit references.
 async fn delete_files(storage: &Storage, spec: &TableSpec, adds: &[Add]) -> Result<()> {
     for add in adds {
-        let path = layout::table_file(spec.name, &add.path);
-        match storage.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-        }
+        storage
+            .delete_if_present(&layout::table_file(spec.name, &add.path))
+            .await?;
     }
     Ok(())
 }

@@ -7,13 +7,12 @@ use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, DeltaTableError};
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
 use tracing::debug;
 
 use super::{rewrite_fence, RETENTION_MARKER};
 use crate::delta::layout;
 use crate::delta::log::LiveFile;
-use crate::{EngineError, Result, Storage};
+use crate::{Result, Storage};
 
 /// The `commitInfo` key of compaction commits (for operators reading the log).
 const COMPACTION_MARKER: &str = "strata-compaction";
@@ -82,10 +81,7 @@ pub(crate) async fn remove_and_add(
     let committed = commit_rewrite(table, name, actions, operation, commit_info, "purge").await?;
     if committed.is_none() {
         for path in &added {
-            match storage.store().delete(path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-            }
+            storage.delete_if_present(path).await?;
         }
     }
     Ok(committed)
