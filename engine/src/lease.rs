@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -168,15 +168,7 @@ async fn forget_old(storage: &Storage, job: &str, current: u64) -> Result<()> {
             .and_then(|f| f.strip_suffix(".json"))
             .and_then(|n| n.parse::<u64>().ok());
         if slot.is_some_and(|s| s.saturating_add(KEEP_SLOTS) < current) {
-            match store.delete(&entry.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    return Err(EngineError::Internal(format!(
-                        "deleting lease {}: {e}",
-                        entry.location
-                    )))
-                }
-            }
+            storage.delete_if_present(&entry.location).await?;
         }
     }
     Ok(())

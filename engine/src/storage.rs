@@ -137,6 +137,29 @@ impl Storage {
         }
     }
 
+    /// The bytes of the object at `path`.
+    pub async fn read(&self, path: &object_store::path::Path) -> Result<bytes::Bytes> {
+        self.read_if_exists(path)
+            .await?
+            .ok_or_else(|| EngineError::Internal(format!("reading {path}: not found")))
+    }
+
+    /// The bytes of the object at `path`; None when there is none.
+    pub async fn read_if_exists(
+        &self,
+        path: &object_store::path::Path,
+    ) -> Result<Option<bytes::Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| EngineError::Internal(format!("reading {path}: {e}"))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(EngineError::Internal(format!("reading {path}: {e}"))),
+        }
+    }
+
     /// Deletes `path`; one already gone is no error.
     pub async fn delete_if_present(&self, path: &object_store::path::Path) -> Result<()> {
         match self.store.delete(path).await {

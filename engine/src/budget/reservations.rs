@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
-use object_store::{GetOptions, ObjectStoreExt, PutPayload};
+use object_store::{GetOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -464,13 +464,7 @@ pub async fn store(storage: &Storage, r: &Reservation) -> Result<()> {
 
 /// Deletes the file of reservation `id`; a file already gone is fine.
 pub async fn remove(storage: &Storage, id: &str) -> Result<()> {
-    let path = reservation_file(id);
-    match storage.store().delete(&path).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(EngineError::Internal(format!(
-            "deleting reservation {path}: {e}"
-        ))),
-    }
+    storage.delete_if_present(&reservation_file(id)).await
 }
 
 /// Every stored reservation, oldest first. A file that is no reservation, or not the one its

@@ -120,7 +120,7 @@ pub(crate) async fn commit_files(
     version: u64,
 ) -> Result<Option<CommitFiles>> {
     let path = layout::commit_file(table, version);
-    let Some(bytes) = read_if_exists(storage, &path).await? else {
+    let Some(bytes) = storage.read_if_exists(&path).await? else {
         return Ok(None);
     };
     let mut files = CommitFiles::default();
@@ -246,13 +246,7 @@ pub(crate) async fn files_removed_by_marked_commits(
         .iter()
         .filter(|e| e.location.as_ref().ends_with(".json"))
     {
-        let bytes = store
-            .get(&e.location)
-            .await
-            .map_err(|err| EngineError::Internal(err.to_string()))?
-            .bytes()
-            .await
-            .map_err(|err| EngineError::Internal(err.to_string()))?;
+        let bytes = storage.read(&e.location).await?;
         if !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
             continue;
         }
@@ -330,28 +324,12 @@ pub(crate) async fn tombstones(table: &DeltaTable) -> Result<HashMap<String, Opt
 /// log's `_last_checkpoint` pointer.
 pub(crate) async fn last_checkpoint(storage: &Storage, table: &str) -> Result<Option<u64>> {
     let path = layout::last_checkpoint_file(table);
-    let Some(bytes) = read_if_exists(storage, &path).await? else {
+    let Some(bytes) = storage.read_if_exists(&path).await? else {
         return Ok(None);
     };
     let pointer: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| EngineError::Internal(format!("{path} is not JSON: {e}")))?;
     Ok(pointer.get("version").and_then(|v| v.as_u64()))
-}
-
-/// The bytes of the object at `path`; None when there is none.
-async fn read_if_exists(
-    storage: &Storage,
-    path: &object_store::path::Path,
-) -> Result<Option<bytes::Bytes>> {
-    match storage.store().get(path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map(Some)
-            .map_err(|e| EngineError::Internal(format!("reading {path}: {e}"))),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(EngineError::Internal(format!("reading {path}: {e}"))),
-    }
 }
 
 /// The data files in storage under `tables/<name>/`, whether a version references them or

@@ -25,7 +25,7 @@ use super::rewrite::read_if_may_hold;
 use super::subject::Subject;
 use crate::delta::{layout, log};
 use crate::registry::TableSpec;
-use crate::{EngineError, Result, Storage};
+use crate::{Result, Storage};
 
 /// How old a file no commit references must be before a purge treats it as a killed writer's
 /// leftover rather than an append in flight (an ingest flush writes and commits in seconds).
@@ -49,7 +49,6 @@ pub(super) async fn delete_unreferenced_copies(
     let removed = log::tombstones(&table).await?;
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(ORPHAN_MIN_AGE).unwrap_or(chrono::Duration::zero());
-    let store = storage.store();
     let mut deleted = 0;
     for meta in log::stored_data_files(storage, spec.name).await? {
         let Some(rel) = layout::relative_to_table(spec.name, &meta.location) else {
@@ -63,15 +62,8 @@ pub(super) async fn delete_unreferenced_copies(
             continue;
         }
         if holds_subject(storage, &meta, subject, spec).await? {
-            match store.delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-                Err(e) => {
-                    return Err(EngineError::Internal(format!(
-                        "deleting {}: {e}",
-                        meta.location
-                    )))
-                }
-            }
+            storage.delete_if_present(&meta.location).await?;
+            deleted += 1;
         }
     }
     Ok(deleted)

@@ -72,13 +72,7 @@ pub(super) async fn finish_earlier(storage: &Storage, table: &str, marker: &str)
         .map_err(|e| EngineError::Internal(format!("listing {dir}: {e}")))?;
     let mut records = Vec::with_capacity(listed.len());
     for meta in listed {
-        let bytes = store
-            .get(&meta.location)
-            .await
-            .map_err(|e| EngineError::Internal(format!("{}: {e}", meta.location)))?
-            .bytes()
-            .await
-            .map_err(|e| EngineError::Internal(format!("{}: {e}", meta.location)))?;
+        let bytes = storage.read(&meta.location).await?;
         let files: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| {
             EngineError::Internal(format!("{} is not a list of files: {e}", meta.location))
         })?;

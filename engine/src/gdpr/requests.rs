@@ -149,19 +149,16 @@ impl RequestStore {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Ok(None);
         }
-        match self.storage.store().get(&layout::gdpr_request(id)).await {
-            Ok(r) => {
-                let b = r
-                    .bytes()
-                    .await
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-                Ok(Some(serde_json::from_slice(&b).map_err(|e| {
-                    EngineError::Internal(format!("request {id}: {e}"))
-                })?))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(EngineError::Internal(e.to_string())),
-        }
+        let Some(b) = self
+            .storage
+            .read_if_exists(&layout::gdpr_request(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+            EngineError::Internal(format!("request {id}: {e}"))
+        })?))
     }
 
     /// Requests to run again at start: those accepted or running when the last server

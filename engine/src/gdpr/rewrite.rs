@@ -265,11 +265,10 @@ impl Rewrite {
 async fn delete_removed(storage: &Storage, table: &str, removes: &[Remove]) -> Result<usize> {
     let mut deleted = 0;
     for r in removes {
-        let path = layout::table_file(table, &r.path);
-        match storage.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-            Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-        }
+        storage
+            .delete_if_present(&layout::table_file(table, &r.path))
+            .await?;
+        deleted += 1;
     }
     Ok(deleted)
 }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::datatypes::DataType;
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 use strata_schemas::PersonId;
 
@@ -348,17 +347,8 @@ impl GdprKey {
 
     pub async fn load_or_create(storage: &Storage) -> Result<Self> {
         let path = layout::gdpr_key();
-        let store = storage.store();
-        match store.get(&path).await {
-            Ok(r) => {
-                let b = r
-                    .bytes()
-                    .await
-                    .map_err(|e| EngineError::Internal(format!("reading the GDPR key: {e}")))?;
-                return Ok(Self::from_bytes(&b));
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(EngineError::Internal(format!("reading the GDPR key: {e}"))),
+        if let Some(b) = storage.read_if_exists(&path).await? {
+            return Ok(Self::from_bytes(&b));
         }
         let mut key = Vec::with_capacity(32);
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());

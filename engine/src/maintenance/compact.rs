@@ -35,7 +35,6 @@ use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Add;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 // ParquetObjectReader is deprecated in arrow 59 in favour of a hand-written AsyncFileReader;
 // it still reads any object store, as the purge's rewrite does (see gdpr/rewrite.rs).
 #[allow(deprecated)]
@@ -419,11 +418,9 @@ async fn write_bin(
 /// Deletes files written for a commit that will not happen (nobody references them).
 async fn delete_outputs(storage: &Storage, table: &str, adds: &[Add]) -> Result<()> {
     for a in adds {
-        let path = layout::table_file(table, &a.path);
-        match storage.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-        }
+        storage
+            .delete_if_present(&layout::table_file(table, &a.path))
+            .await?;
     }
     Ok(())
 }

@@ -21,7 +21,6 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
-use object_store::ObjectStoreExt;
 use tracing::{debug, info};
 
 use super::{JobReport, MaintainedTable};
@@ -151,11 +150,9 @@ fn partition_date(file: &LiveFile) -> Option<NaiveDate> {
 /// Deletes the expired files at once (they hold expired personal data).
 async fn delete_files(storage: &Storage, table: &str, files: &[LiveFile]) -> Result<()> {
     for f in files {
-        let path = layout::table_file(table, &f.path);
-        match storage.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(EngineError::Internal(format!("deleting {path}: {e}"))),
-        }
+        storage
+            .delete_if_present(&layout::table_file(table, &f.path))
+            .await?;
     }
     Ok(())
 }

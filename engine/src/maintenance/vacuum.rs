@@ -25,12 +25,12 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt};
+use object_store::ObjectMeta;
 use tracing::info;
 
 use super::{millis, JobReport, MaintainedTable, VacuumOptions};
 use crate::delta::{commit, layout, log};
-use crate::{EngineError, Result, Storage};
+use crate::{Result, Storage};
 
 /// Vacuums table `table` (see the module doc): deletes what is past its grace period (or, with
 /// `opts.dry_run`, only lists it), then checkpoints and cleans the log.
@@ -67,15 +67,7 @@ pub(crate) async fn vacuum_at(
         return Ok(report.finish());
     }
     for f in &expired {
-        match storage.store().delete(&f.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(EngineError::Internal(format!(
-                    "deleting {}: {e}",
-                    f.location
-                )))
-            }
-        }
+        storage.delete_if_present(&f.location).await?;
     }
     checkpoint_and_clean(storage, &table, opts, now).await?;
     info!(

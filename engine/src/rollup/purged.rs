@@ -27,7 +27,6 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::{Add, Remove};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 
 use crate::delta::commit::{self, PartitionReplace};
 use crate::delta::layout;
@@ -263,10 +262,10 @@ pub(super) async fn splice_days(
             continue;
         };
         let old_stats = stats.get(&file.path).cloned().flatten();
-        let (store, tspec) = (storage.store().clone(), tspec.clone());
+        let (storage, tspec) = (storage.clone(), tspec.clone());
         tasks.push(async move {
             tokio::spawn(async move {
-                splice_file(&store, spec, &tspec, file, &day_groups, old_stats).await
+                splice_file(&storage, spec, &tspec, file, &day_groups, old_stats).await
             })
             .await
             .map_err(|e| EngineError::Internal(format!("a rollup splice task failed: {e}")))?
@@ -326,21 +325,16 @@ struct FileSplice {
 
 /// Rollup file `file` without the rows of `groups`; None when it holds none of them.
 async fn splice_file(
-    store: &Arc<dyn object_store::ObjectStore>,
+    storage: &Storage,
     spec: &RollupSpec,
     tspec: &TableSpec,
     file: LiveFile,
     groups: &DayGroups,
     old_stats: Option<String>,
 ) -> Result<Option<FileSplice>> {
-    let path = layout::table_file(tspec.name, &file.path);
-    let bytes = store
-        .get(&path)
-        .await
-        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?
-        .bytes()
-        .await
-        .map_err(|e| EngineError::Internal(format!("{path}: {e}")))?;
+    let bytes = storage
+        .read(&layout::table_file(tspec.name, &file.path))
+        .await?;
     let matches = |batch: &RecordBatch| groups.matches(spec, batch);
     let candidates = splice::row_groups_with(&bytes, spec.group_columns, matches)?;
     if candidates.is_empty() {
@@ -362,7 +356,7 @@ async fn splice_file(
                 bytes,
                 metadata: &metadata,
             }
-            .store(store, tspec)
+            .store(storage.store(), tspec)
             .await?,
         ),
         None => None,
