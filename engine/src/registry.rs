@@ -375,13 +375,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         sql: include_str!("../sql/rollups/click_stats_daily_items.sql"),
         group_columns: &["item_id", "item_type", "category"],
         groups_in_source: false,
-        stats_columns: &[
-            "event_date",
-            "item_type",
-            "category",
-            "clicks",
-            "unique_users",
-        ],
+        stats_columns: &["item_type", "category", "clicks", "unique_users"],
     },
     // After click_stats_daily_items, which is its source.
     RollupSpec {
@@ -391,7 +385,7 @@ pub const ROLLUPS: &[RollupSpec] = &[
         // A list is one day x category x item type, computed from that group's items alone.
         group_columns: &["category", "item_type"],
         groups_in_source: true,
-        stats_columns: &["event_date", "item_type", "category", "clicks"],
+        stats_columns: &["item_type", "category", "clicks"],
     },
     RollupSpec {
         name: "ai_usage_daily",
@@ -609,6 +603,20 @@ mod tests {
             person_id_columns(),
             vec!["user_id", "anonymous_id", "session_id"]
         );
+    }
+
+    /// A partition column is in no file (its value is the partition's): Delta keeps no file
+    /// statistics of it, and delta-kernel warns on every scan of a table that lists it.
+    #[test]
+    fn no_partition_column_is_a_statistics_column() {
+        for t in tables() {
+            assert!(
+                !t.stats_columns.contains(&t.partition_column),
+                "{} lists its partition column {} for statistics",
+                t.name,
+                t.partition_column
+            );
+        }
     }
 
     /// Every subject-bearing table of the registry is what a purge rewrites and verifies and

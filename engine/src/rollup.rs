@@ -306,6 +306,7 @@ async fn run_one(
         }
         _ => None,
     };
+    let grouped_ms = ms();
     let columns: String = schema
         .fields()
         .iter()
@@ -398,6 +399,7 @@ async fn run_one(
         days = report.dates.len(),
         rows = report.rows,
         prepared_ms,
+        grouped_ms,
         computed_ms,
         elapsed_ms = report.elapsed_ms,
         "rollup committed"
@@ -613,7 +615,10 @@ async fn open_rollup(
     spec: &'static RollupSpec,
     schema: SchemaRef,
 ) -> Result<EventTable> {
-    EventTable::open_or_create(storage, spec.table().spec_with(schema)).await
+    let mut table = EventTable::open_or_create(storage, spec.table().spec_with(schema)).await?;
+    // The rollup's run is its table's writer.
+    table.align_stats_columns().await?;
+    Ok(table)
 }
 
 /// Creates the rollup tables that do not exist yet, empty (their schema comes from their SQL).

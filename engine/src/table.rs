@@ -52,6 +52,16 @@ impl EventTable {
         Ok(Self { spec, table })
     }
 
+    /// Brings the table's statistics columns (`delta.dataSkippingStatsColumns`) to the
+    /// registry's list, for a table created before it changed. Only for a table whose writer
+    /// calls it (a metadata commit fails a concurrent writer's commit).
+    pub(crate) async fn align_stats_columns(&mut self) -> Result<()> {
+        if let Some(table) = commit::set_stats_columns(&self.table, &self.spec).await? {
+            self.table = table;
+        }
+        Ok(())
+    }
+
     pub fn name(&self) -> &'static str {
         self.spec.name
     }

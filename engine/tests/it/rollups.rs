@@ -239,3 +239,52 @@ async fn a_purge_recomputes_only_its_subjects_groups_and_matches_a_rebuild() {
         ],
     );
 }
+
+/// A rollup table created when its statistics columns held the partition column (delta-kernel
+/// warned on every scan of it) gets the registry's list on the rollup's next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollup_table_gets_the_registrys_statistics_columns() {
+    use strata_engine::deltalake::{open_table, TableProperty};
+    let fx = fixture().await;
+    let spec = ROLLUPS
+        .iter()
+        .find(|r| r.name == "click_stats_daily_items")
+        .unwrap();
+    let key = TableProperty::DataSkippingStatsColumns.as_ref().to_string();
+    let stored = |table: &strata_engine::deltalake::DeltaTable| {
+        table
+            .snapshot()
+            .unwrap()
+            .metadata()
+            .configuration()
+            .get(&key)
+            .cloned()
+    };
+    let url = fx.storage.table_url(spec.name);
+    let old = format!("event_date,{}", spec.stats_columns.join(","));
+    let table = open_table(url.clone())
+        .await
+        .unwrap()
+        .set_tbl_properties()
+        .with_properties(std::collections::HashMap::from([(
+            key.clone(),
+            old.clone(),
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(stored(&table).as_deref(), Some(old.as_str()));
+
+    // A late click: the next run has a day to recompute.
+    let clicks = data("link_clicks.jsonl");
+    let mut late: serde_json::Value = serde_json::from_str(clicks.lines().next().unwrap()).unwrap();
+    late["event_id"] = uuid::Uuid::new_v4().to_string().into();
+    append(&fx.storage, EventKind::LinkClick, &late.to_string(), 100).await;
+    RollupBuilder::new(fx.catalog.clone()).run().await.unwrap();
+
+    let table = open_table(url).await.unwrap();
+    let wanted = spec.stats_columns.join(",");
+    assert!(!wanted.contains("event_date"));
+    assert_eq!(stored(&table).as_deref(), Some(wanted.as_str()));
+    let session = SqlSession::open(&fx.storage).await.unwrap();
+    assert_rollups_equal_recomputation(&session).await;
+}

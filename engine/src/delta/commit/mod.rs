@@ -4,7 +4,8 @@
 //! conflict retry, and checkpoints with the cleanup of expired log entries.
 //!
 //! ```text
-//! mod.rs          create_table; the txn app ids and commitInfo markers; the rewrite fence
+//! mod.rs          create_table, set_stats_columns; the txn app ids and commitInfo markers;
+//!                 the rewrite fence
 //! append.rs       fenced append: offsets + tombstone marker as txn, files written once
 //! txn.rs          raise_txn: one txn, no files (the GDPR tombstone marker)
 //! replace.rs      rollup partition replace, whole or spliced (rewrite fence)
@@ -103,4 +104,34 @@ pub(crate) async fn create_table(storage: &Storage, spec: &TableSpec) -> Result<
             Ok(log::load(storage, spec.name).await?)
         }
     }
+}
+
+/// Sets `table`'s `delta.dataSkippingStatsColumns` to `spec`'s list when it holds another one
+/// (a table created before the registry's list changed): one metadata commit, which returns
+/// the table at its version; None when the list is already the one stored.
+pub(crate) async fn set_stats_columns(
+    table: &DeltaTable,
+    spec: &TableSpec,
+) -> Result<Option<DeltaTable>> {
+    let key = TableProperty::DataSkippingStatsColumns.as_ref();
+    let wanted = spec.stats_columns.join(",");
+    let stored = table
+        .snapshot()?
+        .metadata()
+        .configuration()
+        .get(key)
+        .cloned();
+    if stored.as_deref() == Some(wanted.as_str()) {
+        return Ok(None);
+    }
+    let table = table
+        .clone()
+        .set_tbl_properties()
+        .with_properties(std::collections::HashMap::from([(key.to_string(), wanted)]))
+        .await?;
+    info!(
+        table = spec.name,
+        "statistics columns set to the registry's"
+    );
+    Ok(Some(table))
 }
