@@ -66,6 +66,8 @@ pub struct TableEntry {
     pub provider: Arc<dyn TableProvider>,
     /// For a rollup: the version of its source it was computed from (its `txn`).
     pub consumed: Option<u64>,
+    /// The data files of this version (what a rollup over the table reads).
+    pub(crate) files: Arc<Vec<log::LiveFile>>,
 }
 
 /// Every table of the root, each at one version.
@@ -330,12 +332,16 @@ impl Catalog {
                             .map(|v| v as u64),
                         None => None,
                     };
+                    let partition_column = registry::get(&name)
+                        .map_or(strata_schemas::PARTITION_COLUMN, |d| d.partition_column);
+                    let files = Arc::new(log::live_files(table, partition_column)?);
                     debug!(table = %name, version, "table version loaded");
                     TableEntry {
                         version,
                         committed_at_ms,
                         provider: table.table_provider().await?,
                         consumed,
+                        files,
                     }
                 }
             };

@@ -30,6 +30,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 mod purged;
+mod source;
 
 pub use purged::PurgedRows;
 
@@ -296,9 +297,22 @@ async fn run_one(
     report.dates = dates.iter().flatten().copied().collect();
 
     let prepared_ms = ms();
+    // The source's files at the version this run computes: what every day's statement scans.
+    let entry = snapshot.tables.get(spec.source).ok_or_else(|| {
+        EngineError::Internal(format!("{}: source {} not loaded", spec.name, spec.source))
+    })?;
+    let partition_column = crate::registry::get(spec.source)
+        .map_or(strata_schemas::PARTITION_COLUMN, |d| d.partition_column);
+    let source = Arc::new(source::SourceFiles::new(
+        catalog.storage(),
+        spec.source,
+        &entry.provider.schema(),
+        partition_column,
+        &entry.files,
+    )?);
     let days = match &dates {
         Some(d) => d.clone(),
-        None => crate::delta::log::dates_at(catalog.storage(), spec.source, to_version).await?,
+        None => source.days(),
     };
     let groups = match (&dates, purged) {
         (Some(days), Some(p)) => {
@@ -325,7 +339,16 @@ async fn run_one(
         // stored days in place of their old rows.
         let fresh = |day| vec![purged::fresh_statement(spec, day, &groups[&day], &columns)];
         let sink = DaySink::Collect;
-        let fresh = compute(&snapshot, catalog.runtime(), &days, fresh, &schema, sink).await?;
+        let fresh = compute(
+            &snapshot,
+            catalog.runtime(),
+            &source,
+            &days,
+            fresh,
+            &schema,
+            sink,
+        )
+        .await?;
         report.rows = fresh.rows;
         computed_ms = ms();
         if let Some((version, removed)) = purged::splice_days(
@@ -358,6 +381,7 @@ async fn run_one(
         let computed = compute(
             &snapshot,
             catalog.runtime(),
+            &source,
             &days,
             statements,
             &schema,
@@ -514,6 +538,7 @@ struct Computed {
 async fn compute(
     snapshot: &Snapshot,
     runtime: &RuntimeEnv,
+    source: &Arc<source::SourceFiles>,
     days: &BTreeSet<NaiveDate>,
     statements: impl Fn(NaiveDate) -> Vec<String>,
     schema: &SchemaRef,
@@ -525,6 +550,8 @@ async fn compute(
         ..Default::default()
     };
     let ctx = snapshot.context(runtime, &limits)?;
+    ctx.deregister_table(source.name())?;
+    ctx.register_table(source.name(), source.clone())?;
     // Collected first: a lazy iterator of futures is not Send across the await below.
     let tasks: Vec<_> = days
         .iter()

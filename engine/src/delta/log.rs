@@ -201,31 +201,6 @@ pub async fn changed_dates(
     .await
 }
 
-/// The `event_date`s of the live files of `table` at `version`: the days a rebuild of a
-/// rollup over it computes.
-pub(crate) async fn dates_at(
-    storage: &Storage,
-    table: &str,
-    version: u64,
-) -> Result<BTreeSet<NaiveDate>> {
-    let loaded = DeltaTableBuilder::from_url(storage.table_url(table))?
-        .with_storage_options(storage.options().clone())
-        .with_version(version)
-        .load()
-        .await?;
-    live_files(&loaded, "event_date")?
-        .into_iter()
-        .map(|f| {
-            f.partition
-                .as_deref()
-                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                .ok_or_else(|| {
-                    EngineError::Internal(format!("{table}: file {} has no event_date", f.path))
-                })
-        })
-        .collect()
-}
-
 /// The files removed by every commit of `table` whose commit file holds `marker` (the key an
 /// operation puts in its `commitInfo`): what such an operation may have left in storage when
 /// it was interrupted between its commit and its deletes.
