@@ -257,10 +257,10 @@ impl TableProvider for SourceFiles {
             .with_table_partition_cols(vec![self.partition.clone()])
             .build();
         let source = ParquetSource::new(table_schema)
-        .with_table_parquet_options(state.table_options().parquet.clone())
-        .with_pushdown_filters(true)
-        .with_reorder_filters(true)
-        .with_parquet_file_reader_factory(Arc::new(reader));
+            .with_table_parquet_options(state.table_options().parquet.clone())
+            .with_pushdown_filters(true)
+            .with_reorder_filters(true)
+            .with_parquet_file_reader_factory(Arc::new(reader));
         let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
