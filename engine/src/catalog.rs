@@ -66,8 +66,9 @@ pub struct TableEntry {
     pub provider: Arc<dyn TableProvider>,
     /// For a rollup: the version of its source it was computed from (its `txn`).
     pub consumed: Option<u64>,
-    /// The data files of this version (what a rollup over the table reads).
-    pub(crate) files: Arc<Vec<log::LiveFile>>,
+    /// The loaded state of this version: its data files are what a rollup over the table
+    /// reads (listed when a rollup asks, not at each refresh).
+    pub(crate) delta: DeltaTable,
 }
 
 /// Every table of the root, each at one version.
@@ -332,16 +333,13 @@ impl Catalog {
                             .map(|v| v as u64),
                         None => None,
                     };
-                    let partition_column = registry::get(&name)
-                        .map_or(strata_schemas::PARTITION_COLUMN, |d| d.partition_column);
-                    let files = Arc::new(log::live_files(table, partition_column)?);
                     debug!(table = %name, version, "table version loaded");
                     TableEntry {
                         version,
                         committed_at_ms,
                         provider: table.table_provider().await?,
                         consumed,
-                        files,
+                        delta: table.clone(),
                     }
                 }
             };

@@ -308,7 +308,7 @@ async fn run_one(
         spec.source,
         &entry.provider.schema(),
         partition_column,
-        &entry.files,
+        &crate::delta::log::live_files(&entry.delta, partition_column)?,
     )?);
     let days = match &dates {
         Some(d) => d.clone(),

@@ -2,7 +2,7 @@
 //! scan: each day's statement reads the files of its days and nothing else.
 //!
 //! ```text
-//! catalog snapshot: source at version v, its live files (read from the log once per refresh)
+//! catalog snapshot: source at version v, loaded (its live files listed once per run)
 //!   --a rollup run--> SourceFiles { schema of the Delta provider, files by day }
 //!   --a day's statement, WHERE event_date IN (d)--> the files of d --> Parquet scan
 //! ```
