@@ -260,6 +260,13 @@ pub(crate) struct LiveFile {
     pub modified_ms: i64,
 }
 
+impl LiveFile {
+    /// Its partition value as a date (None when it carries none, or not a date).
+    pub fn day(&self) -> Option<NaiveDate> {
+        NaiveDate::parse_from_str(self.partition.as_deref()?, "%Y-%m-%d").ok()
+    }
+}
+
 /// The data files of the loaded version of `table`, with their values of `partition_column`.
 pub(crate) fn live_files(table: &DeltaTable, partition_column: &str) -> Result<Vec<LiveFile>> {
     Ok(table

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::Date32Type;
 use chrono::NaiveDate;
 use deltalake::kernel::{Add, Remove};
 use deltalake::DeltaTable;
@@ -459,10 +460,7 @@ fn partition_value(rel: &str, column: &str) -> Result<(i32, String)> {
         .ok_or_else(|| EngineError::Internal(format!("{rel} has no {column} partition")))?;
     let d = NaiveDate::parse_from_str(value, "%Y-%m-%d")
         .map_err(|e| EngineError::Internal(format!("{rel}: bad partition value: {e}")))?;
-    Ok((
-        (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32,
-        value.to_string(),
-    ))
+    Ok((Date32Type::from_naive_date(d), value.to_string()))
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ async fn expire(
         let expired: Vec<LiveFile> = table
             .live_files()?
             .into_iter()
-            .filter(|f| partition_date(f).is_some_and(|d| d < cutoff))
+            .filter(|f| f.day().is_some_and(|d| d < cutoff))
             .collect();
         if expired.is_empty() {
             return Ok(None);
@@ -140,11 +140,6 @@ async fn expire(
     Err(EngineError::Internal(format!(
         "retention of {name}: other writers kept committing first ({MAX_ATTEMPTS} attempts)"
     )))
-}
-
-/// The date of a file's partition (None when it has none, or not a date).
-fn partition_date(file: &LiveFile) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(file.partition.as_deref()?, "%Y-%m-%d").ok()
 }
 
 /// Deletes the expired files at once (they hold expired personal data).

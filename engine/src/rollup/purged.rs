@@ -175,11 +175,9 @@ fn group_keys(
         .iter()
         .map(|c| crate::text::utf8(column(c)?, c))
         .collect::<Result<Vec<_>>>()?;
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch");
     let mut out = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
-        let day = epoch
-            .checked_add_signed(chrono::TimeDelta::days(i64::from(dates.value(row))))
+        let day = Date32Type::to_naive_date_opt(dates.value(row))
             .ok_or_else(|| EngineError::Internal(format!("{}: date out of range", spec.name)))?;
         let key = keys
             .iter()
@@ -251,11 +249,7 @@ pub(super) async fn splice_days(
     let stats = log::file_stats(delta)?;
     let mut tasks = Vec::new();
     for file in log::live_files(delta, tspec.partition_column)? {
-        let Some(day) = file
-            .partition
-            .as_deref()
-            .and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok())
-        else {
+        let Some(day) = file.day() else {
             continue;
         };
         let Some(day_groups) = groups.get(&day).cloned() else {
@@ -361,9 +355,10 @@ async fn splice_file(
         ),
         None => None,
     };
-    let day = NaiveDate::parse_from_str(&partition, "%Y-%m-%d")
-        .map_err(|e| EngineError::Internal(format!("{}: bad partition value: {e}", file.path)))?;
-    let days = (day - NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch")).num_days() as i32;
+    let day = file.day().ok_or_else(|| {
+        EngineError::Internal(format!("{}: bad partition value {partition}", file.path))
+    })?;
+    let days = Date32Type::from_naive_date(day);
     let removed = spliced
         .removed
         .into_iter()

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Date32Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Date32Type, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use datafusion::catalog::Session;
@@ -84,17 +84,12 @@ impl SourceFiles {
         let file_schema = Arc::new(Schema::new(file_fields.clone()));
         let mut all = file_fields;
         all.push(partition.clone());
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch");
         let mut days: BTreeMap<i32, Vec<ObjectMeta>> = BTreeMap::new();
         for f in files {
-            let day = f
-                .partition
-                .as_deref()
-                .and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok())
-                .ok_or_else(|| {
-                    EngineError::Internal(format!("{name}: file {} has no day", f.path))
-                })?;
-            days.entry((day - epoch).num_days() as i32)
+            let day = f.day().ok_or_else(|| {
+                EngineError::Internal(format!("{name}: file {} has no day", f.path))
+            })?;
+            days.entry(Date32Type::from_naive_date(day))
                 .or_default()
                 .push(ObjectMeta {
                     location: layout::table_file(name, &f.path),
@@ -130,10 +125,9 @@ impl SourceFiles {
 
     /// The days that have files.
     pub fn days(&self) -> BTreeSet<NaiveDate> {
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch");
         self.days
             .keys()
-            .map(|d| epoch + chrono::TimeDelta::days(i64::from(*d)))
+            .filter_map(|d| Date32Type::to_naive_date_opt(*d))
             .collect()
     }
 
