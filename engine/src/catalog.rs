@@ -50,7 +50,9 @@ impl Default for QueryLimits {
     fn default() -> Self {
         Self {
             memory_bytes: None,
-            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // Read once per process: `available_parallelism` reads the cgroup files on every
+            // call, and every statement's context starts from these limits.
+            target_partitions: strata_schemas::cores(),
             server_pool: None,
             pg_catalog: false,
         }
