@@ -316,7 +316,8 @@ async fn run_one(
     };
     let groups = match (&dates, purged) {
         (Some(days), Some(p)) => {
-            purged::subject_groups(catalog.storage(), spec, plan.from, to_version, p, days).await?
+            let quiet = plan.quiet_before_last;
+            purged::subject_groups(spec, plan.from, quiet, to_version, p, days).await?
         }
         _ => None,
     };
@@ -448,6 +449,9 @@ struct Plan {
     from: Option<u64>,
     /// The rollup's SQL changed its columns: it is rebuilt with the new schema.
     schema_changed: bool,
+    /// Of the source commits this run consumes, all but the last changed no rows (a purge's
+    /// tombstone marker before its commit): what a purge's run of the subject's groups needs.
+    quiet_before_last: bool,
     work: Work,
 }
 
@@ -470,13 +474,31 @@ async fn plan_run(
             "columns changed; rebuilding with the new schema"
         );
     }
+    let mut quiet_before_last = false;
     let work = match (rebuild || schema_changed, from) {
         (false, Some(v)) if v as u64 == to_version => Work::Nothing,
         (false, Some(v)) if (v as u64) < to_version => {
-            match changed_dates(storage, spec.source, v as u64 + 1, to_version).await? {
-                Some(dates) if dates.is_empty() => Work::Nothing,
-                Some(dates) => Work::Days(dates),
-                None => Work::Everything,
+            // The last commit apart from the ones before it (each commit file read once): a
+            // purge's run needs to know that only the last one changed rows.
+            let first = v as u64 + 1;
+            let before = match first < to_version {
+                true => changed_dates(storage, spec.source, first, to_version - 1).await?,
+                false => Some(BTreeSet::new()),
+            };
+            let last = match before {
+                Some(_) => changed_dates(storage, spec.source, to_version, to_version).await?,
+                None => None,
+            };
+            match (before, last) {
+                (Some(before), Some(last)) => {
+                    quiet_before_last = before.is_empty();
+                    let dates: BTreeSet<NaiveDate> = before.into_iter().chain(last).collect();
+                    match dates.is_empty() {
+                        true => Work::Nothing,
+                        false => Work::Days(dates),
+                    }
+                }
+                _ => Work::Everything,
             }
         }
         _ => Work::Everything,
@@ -484,6 +506,7 @@ async fn plan_run(
     Ok(Plan {
         from: from.map(|v| v as u64),
         schema_changed,
+        quiet_before_last,
         work,
     })
 }
