@@ -9,7 +9,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -456,6 +456,33 @@ fn serve(root: &Path, keys: &Keys, budgets: &str, extra: &[&str]) -> TestServer 
     TestServer::start_env(root, &keys.t, extra, &[("STRATA_BUDGETS", budgets)])
 }
 
+/// A warmed-up root and one server on it with `[ai-month]` of `amount` (alerts to `hook` when
+/// given) and the `extra` flags, its budgets read: what most tests start from.
+struct Started {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    keys: Keys,
+    c: Client,
+    server: TestServer,
+}
+
+async fn started(amount: &str, hook: Option<&Receiver>, extra: &[&str]) -> Started {
+    let dir = test_dir();
+    let root = dir.path().join("root");
+    warm_up(&root);
+    let (keys, c) = (keys(), client());
+    let config = budgets(amount, hook.map(|h| h.url.as_str()));
+    let server = serve(&root, &keys, &config, extra);
+    wait_ready(&c, &server, &keys).await;
+    Started {
+        dir,
+        root,
+        keys,
+        c,
+        server,
+    }
+}
+
 fn decision_path(feature: &str) -> String {
     format!("/v1/ai/budgets/decision?feature={feature}")
 }
@@ -593,18 +620,14 @@ fn alert_kinds(view: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_decisions_and_one_webhook_per_threshold() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    warm_up(&root);
     let hook = Receiver::start(0);
-    let (keys, c) = (keys(), client());
-    let server = serve(
-        &root,
-        &keys,
-        &budgets("100.00", Some(hook.url.as_str())),
-        &[],
-    );
-    wait_ready(&c, &server, &keys).await;
+    let Started {
+        dir: _dir,
+        root,
+        keys,
+        c,
+        server,
+    } = started("100.00", Some(&hook), &[]).await;
 
     // Scopes: the decision is the runner's (ai), the views the dashboard's (panels).
     let r = server
@@ -684,18 +707,14 @@ async fn thresholds_decisions_and_one_webhook_per_threshold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_gets_the_alert_once() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    warm_up(&root);
     let hook = Receiver::start(2);
-    let (keys, c) = (keys(), client());
-    let server = serve(
-        &root,
-        &keys,
-        &budgets("100.00", Some(hook.url.as_str())),
-        &[],
-    );
-    wait_ready(&c, &server, &keys).await;
+    let Started {
+        dir: _dir,
+        root,
+        keys,
+        c,
+        server,
+    } = started("100.00", Some(&hook), &[]).await;
     append_ai_usage(&root, &[call("76.00")]);
     wait_spend(&c, &server, &keys, "76.00").await;
 
@@ -938,15 +957,16 @@ async fn an_override_changes_the_decision_at_once_and_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_reservations_never_overshoot() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    warm_up(&root);
-    let (keys, c) = (keys(), client());
     // The per-token rate (50/s, bursts of 200) and the connection cap would answer part of
     // the burst 429 or queue it: raised, so that every answer is the ledger's.
     let limits = ["--rate-limit", "100000", "--max-connections", "4096"];
-    let server = serve(&root, &keys, &budgets("10.00", None), &limits);
-    wait_ready(&c, &server, &keys).await;
+    let Started {
+        dir: _dir,
+        root,
+        keys,
+        c,
+        server,
+    } = started("10.00", None, &limits).await;
 
     let (s_ref, c_ref, ai) = (&server, &c, keys.ai.as_str());
     let answers = futures::future::join_all((0..1000).map(move |i| async move {
@@ -1003,12 +1023,13 @@ async fn a_thousand_concurrent_reservations_never_overshoot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_say_what_to_fix() {
-    let dir = test_dir();
-    let root = dir.path().join("root");
-    warm_up(&root);
-    let (keys, c) = (keys(), client());
-    let server = serve(&root, &keys, &budgets("100.00", None), &[]);
-    wait_ready(&c, &server, &keys).await;
+    let Started {
+        dir: _dir,
+        root,
+        keys,
+        c,
+        server,
+    } = started("100.00", None, &[]).await;
 
     let bad = [
         (
