@@ -15,11 +15,16 @@
 //!
 //! Why not `count(DISTINCT x)`: DataFusion 55 runs it with a boxed per-group set of owned
 //! strings, and the rollups then needed a second, finer grouping (day x key x visitor) to be
-//! fast. Here a [`GroupsAccumulator`] keeps a small inline list per group (most day x item
-//! groups have one or two visitors), a hash set past [`SMALL_MAX`] values.
+//! fast.
+//!
+//! How: a row only appends its group and its value's hash to a list ([`DistinctGroups`]'s
+//! `pending`). The list is folded into the groups' sets when it is needed (a result, a partial
+//! state) or grows past [`PENDING_MAX`]: the hashes sorted by group (a counting sort), each
+//! group's sorted and deduplicated in place, and merged into its sorted set. A hash set per
+//! group cost a cache miss per row once a day's sets outgrew the cache: in a
+//! `click_stats_daily` rebuild, `HashSet::insert` was a quarter of the CPU time. Sorted, the
+//! hashes also reach the HLL in register order, so a sparse sketch appends.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BinaryBuilder, BooleanArray, Int64Array, StructArray};
@@ -33,117 +38,98 @@ use datafusion::logical_expr::{
 use super::columns::binary_state_fields;
 use super::{filtered_out, for_each_bytes, hash64, inputs, DfResult, Hll, RowStates};
 
-/// Past this many values a group's list becomes a hash set.
-const SMALL_MAX: usize = 16;
+/// Rows kept unfolded at most (16 bytes each): past this, they are folded into the sets.
+const PENDING_MAX: usize = 1 << 20;
 
-/// The values are hashes already (well mixed): the set uses them as they are.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type HashSet64 = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
-
-/// The distinct value hashes of one group.
+/// The distinct value hashes of one group, sorted.
 #[derive(Debug, Clone)]
 enum Distinct {
     /// No allocation for the (most common) group of one value.
     One(u64),
-    Small(Vec<u64>),
-    Large(HashSet64),
+    /// Sorted, each hash once.
+    Many(Vec<u64>),
 }
 
 impl Default for Distinct {
     fn default() -> Self {
-        Distinct::Small(Vec::new())
+        Distinct::Many(Vec::new())
     }
 }
 
 impl Distinct {
-    fn insert(&mut self, h: u64) {
-        match self {
-            Distinct::One(one) => {
-                if *one != h {
-                    *self = Distinct::Small(vec![*one, h]);
-                }
+    /// Adds `new` (sorted, each hash once).
+    fn merge_sorted(&mut self, new: &[u64]) {
+        match (&mut *self, new) {
+            (_, []) => {}
+            (Distinct::Many(v), [one]) if v.is_empty() => *self = Distinct::One(*one),
+            (Distinct::Many(v), _) if v.is_empty() => *v = new.to_vec(),
+            (Distinct::One(one), _) => {
+                let old = [*one];
+                *self = Distinct::Many(merged(&old, new));
             }
-            Distinct::Small(v) if v.is_empty() => *self = Distinct::One(h),
-            Distinct::Small(v) => {
-                if !v.contains(&h) {
-                    if v.len() < SMALL_MAX {
-                        v.push(h);
-                    } else {
-                        let mut s: HashSet64 = v.iter().copied().collect();
-                        s.insert(h);
-                        *self = Distinct::Large(s);
-                    }
-                }
-            }
-            Distinct::Large(s) => {
-                s.insert(h);
-            }
+            (Distinct::Many(v), _) => *v = merged(v, new),
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Distinct::One(_) => 1,
-            Distinct::Small(v) => v.len(),
-            Distinct::Large(s) => s.len(),
+            Distinct::Many(v) => v.len(),
         }
     }
 
-    fn for_each(&self, mut f: impl FnMut(u64)) {
+    fn hashes(&self) -> &[u64] {
         match self {
-            Distinct::One(h) => f(*h),
-            Distinct::Small(v) => v.iter().for_each(|&h| f(h)),
-            Distinct::Large(s) => s.iter().for_each(|&h| f(h)),
+            Distinct::One(h) => std::slice::from_ref(h),
+            Distinct::Many(v) => v,
         }
     }
 
     fn heap_bytes(&self) -> usize {
         match self {
             Distinct::One(_) => 0,
-            Distinct::Small(v) => v.capacity() * 8,
-            Distinct::Large(s) => s.capacity() * 9,
+            Distinct::Many(v) => v.capacity() * 8,
         }
     }
 
     fn sketch(&self) -> Hll {
         let mut h = Hll::default();
-        self.for_each(|v| h.insert_hash(v));
+        self.hashes().iter().for_each(|&v| h.insert_hash(v));
         h
     }
 
     /// Partial state: the hashes, 8 bytes each (little-endian).
     fn write_state(&self, out: &mut Vec<u8>) {
-        self.for_each(|h| out.extend_from_slice(&h.to_le_bytes()));
+        for h in self.hashes() {
+            out.extend_from_slice(&h.to_le_bytes());
+        }
     }
+}
 
-    fn merge_state(&mut self, b: &[u8]) -> DfResult<()> {
-        let (hashes, rest) = b.as_chunks::<8>();
-        if !rest.is_empty() {
-            return Err(DataFusionError::Execution(
-                "distinct_sketch: a partial state is not a whole number of 8-byte hashes".into(),
-            ));
-        }
-        for &h in hashes {
-            self.insert(u64::from_le_bytes(h));
-        }
-        Ok(())
+/// The union of two sorted lists of distinct hashes, sorted.
+fn merged(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        out.push(x.min(y));
+        i += usize::from(x <= y);
+        j += usize::from(y <= x);
     }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// The hashes of a partial state (8 bytes each, little-endian).
+fn state_hashes(b: &[u8]) -> DfResult<impl Iterator<Item = u64> + '_> {
+    let (hashes, rest) = b.as_chunks::<8>();
+    if !rest.is_empty() {
+        return Err(DataFusionError::Execution(
+            "distinct_sketch: a partial state is not a whole number of 8-byte hashes".into(),
+        ));
+    }
+    Ok(hashes.iter().map(|h| u64::from_le_bytes(*h)))
 }
 
 fn result_fields() -> Fields {
@@ -185,8 +171,10 @@ fn state_array(groups: &[Distinct]) -> ArrayRef {
 #[derive(Debug, Default)]
 struct DistinctGroups {
     groups: Vec<Distinct>,
-    /// Heap bytes of the groups, kept up to date per row so `size` is O(1).
+    /// Heap bytes of the groups, kept up to date as they change so `size` is O(1).
     heap: usize,
+    /// Rows not folded into `groups` yet: each one's group and value hash.
+    pending: Vec<(u32, u64)>,
 }
 
 impl DistinctGroups {
@@ -198,30 +186,80 @@ impl DistinctGroups {
         total_num_groups: usize,
         from_values: bool,
     ) -> DfResult<()> {
-        self.groups.resize_with(total_num_groups, Distinct::default);
-        let (groups, heap) = (&mut self.groups, &mut self.heap);
+        if self.groups.len() < total_num_groups {
+            self.groups.resize_with(total_num_groups, Distinct::default);
+        }
+        let group = |row: usize| -> DfResult<u32> {
+            u32::try_from(group_indices[row]).map_err(|_| {
+                DataFusionError::Execution("distinct_sketch: more than 2^32 groups".into())
+            })
+        };
         let fallback = if from_values {
             DataType::Utf8
         } else {
             DataType::Binary
         };
+        let pending = &mut self.pending;
         for_each_bytes(values, &fallback, |row, v| {
             if filtered_out(filter, row) {
                 return Ok(());
             }
-            let g = &mut groups[group_indices[row]];
-            let before = g.heap_bytes();
+            let g = group(row)?;
             if from_values {
-                g.insert(hash64(v));
+                pending.push((g, hash64(v)));
             } else {
-                g.merge_state(v)?;
+                pending.extend(state_hashes(v)?.map(|h| (g, h)));
             }
-            *heap = *heap + g.heap_bytes() - before;
             Ok(())
-        })
+        })?;
+        if self.pending.len() >= PENDING_MAX {
+            self.fold();
+        }
+        Ok(())
+    }
+
+    /// Folds the pending rows into the groups: sorted by group (counting sort), each group's
+    /// hashes sorted and deduplicated, then merged into its set.
+    fn fold(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut starts = vec![0usize; self.groups.len() + 1];
+        for &(g, _) in &self.pending {
+            starts[g as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut next = starts.clone();
+        let mut sorted = vec![0u64; self.pending.len()];
+        for &(g, h) in &self.pending {
+            let slot = &mut next[g as usize];
+            sorted[*slot] = h;
+            *slot += 1;
+        }
+        self.pending.clear();
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let hashes = &mut sorted[starts[g]..starts[g + 1]];
+            if hashes.is_empty() {
+                continue;
+            }
+            hashes.sort_unstable();
+            let mut unique = 1;
+            for i in 1..hashes.len() {
+                if hashes[i] != hashes[unique - 1] {
+                    hashes[unique] = hashes[i];
+                    unique += 1;
+                }
+            }
+            let before = group.heap_bytes();
+            group.merge_sorted(&hashes[..unique]);
+            self.heap = self.heap + group.heap_bytes() - before;
+        }
     }
 
     fn take(&mut self, emit_to: EmitTo) -> Vec<Distinct> {
+        self.fold();
         let taken = emit_to.take_needed(&mut self.groups);
         self.heap -= taken.iter().map(Distinct::heap_bytes).sum::<usize>();
         taken
@@ -278,40 +316,54 @@ impl GroupsAccumulator for DistinctGroups {
     }
 
     fn size(&self) -> usize {
-        self.groups.capacity() * std::mem::size_of::<Distinct>() + self.heap
+        self.groups.capacity() * std::mem::size_of::<Distinct>()
+            + self.heap
+            + self.pending.capacity() * std::mem::size_of::<(u32, u64)>()
     }
 }
 
 /// The same without GROUP BY (one group).
 #[derive(Debug, Default)]
-struct DistinctAccumulator(Distinct);
+struct DistinctAccumulator(DistinctGroups);
+
+impl DistinctAccumulator {
+    fn apply(&mut self, values: &ArrayRef, from_values: bool) -> DfResult<()> {
+        let group = vec![0; values.len()];
+        self.0.apply(values, &group, None, 1, from_values)
+    }
+
+    fn group(&mut self) -> &Distinct {
+        if self.0.groups.is_empty() {
+            self.0.groups.push(Distinct::default());
+        }
+        self.0.fold();
+        &self.0.groups[0]
+    }
+}
 
 impl Accumulator for DistinctAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
-        for_each_bytes(&values[0], &DataType::Utf8, |_, v| {
-            self.0.insert(hash64(v));
-            Ok(())
-        })
+        self.apply(&values[0], true)
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        for_each_bytes(&states[0], &DataType::Binary, |_, b| self.0.merge_state(b))
+        self.apply(&states[0], false)
     }
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
         let mut buf = Vec::new();
-        self.0.write_state(&mut buf);
+        self.group().write_state(&mut buf);
         Ok(vec![ScalarValue::Binary(Some(buf))])
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
         Ok(ScalarValue::Struct(Arc::new(finish(std::slice::from_ref(
-            &self.0,
+            self.group(),
         )))))
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.0.heap_bytes()
+        std::mem::size_of_val(self) + self.0.size()
     }
 }
 
@@ -406,7 +458,7 @@ mod tests {
     fn counts_exactly_and_sketches_the_same_values() {
         let (arr, groups) = values(2_000);
         let want = expected(&arr, &groups);
-        assert!(want.iter().all(|(n, _)| *n > SMALL_MAX as i64 / 2));
+        assert!(want.iter().all(|(n, _)| *n > 8));
 
         let mut acc = DistinctGroups::default();
         acc.update_batch(std::slice::from_ref(&arr), &groups, None, 3)
@@ -448,6 +500,39 @@ mod tests {
         };
         let result: ArrayRef = result;
         assert_eq!(rows(&result)[0].0, 50);
+    }
+
+    /// Rows folded in several rounds (as past `PENDING_MAX`), some groups seen again after a
+    /// fold and some not: the same counts and sketches as one fold of everything.
+    #[test]
+    fn folding_in_rounds_changes_nothing() {
+        let (arr, groups) = values(3_000);
+        let want = expected(&arr, &groups);
+        let mut acc = DistinctGroups::default();
+        for (start, len) in [(0, 1), (1, 499), (500, 1000), (1500, 1500)] {
+            acc.update_batch(
+                &[arr.slice(start, len)],
+                &groups[start..start + len],
+                None,
+                3,
+            )
+            .unwrap();
+            acc.fold();
+            assert!(acc.pending.is_empty());
+        }
+        assert_eq!(rows(&acc.evaluate(EmitTo::All).unwrap()), want);
+        assert_eq!(acc.heap, 0);
+
+        // One hash merged into sets of every size, duplicates included.
+        let mut d = Distinct::default();
+        d.merge_sorted(&[5]);
+        d.merge_sorted(&[5]);
+        assert_eq!(d.hashes(), [5]);
+        d.merge_sorted(&[1, 5, 9]);
+        d.merge_sorted(&[0, 9, 10]);
+        assert_eq!(d.hashes(), [0, 1, 5, 9, 10]);
+        assert_eq!(merged(&[2, 4], &[]), [2, 4]);
+        assert_eq!(merged(&[], &[3]), [3]);
     }
 
     #[test]
