@@ -10,12 +10,17 @@ use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 
-use super::{filtered_out, for_each_bytes, DfResult, NotASketch, RowStates};
+use super::{
+    by_group, filtered_out, for_each_bytes, group_u32, DfResult, NotASketch, RowStates, PENDING_MAX,
+};
 
 /// What an aggregate builds from its input: raw values (each first turned into an `Item`) or
 /// serialized sketches.
 pub(super) trait Sketch: Default + Send + Sync + std::fmt::Debug + 'static {
-    type Item: Copy;
+    type Item: Copy + Default + Send + Sync + std::fmt::Debug;
+    /// Whether a GROUP BY's rows are kept and added group by group ([`SketchGroups`]), for a
+    /// sketch whose `add_item`s give the same sketch in any order.
+    const BUFFERED: bool = false;
     /// The type a non-native input is cast to.
     const INPUT: DataType;
     /// Calls `f(row, item)` for each non-null value.
@@ -103,6 +108,8 @@ pub(super) struct SketchGroups<S: Sketch> {
     /// Heap bytes held by the sketches, kept up to date per row so `size` is O(1).
     /// `pub(super)` for the malformed-bytes tests, which check it returns to zero.
     pub(super) heap: usize,
+    /// [`Sketch::BUFFERED`]: rows not added yet, each with its group.
+    pending: Vec<(u32, S::Item)>,
 }
 
 impl<S: Sketch> SketchGroups<S> {
@@ -112,6 +119,25 @@ impl<S: Sketch> SketchGroups<S> {
             from_values,
             groups: Vec::new(),
             heap: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds the pending rows, group by group (see [`by_group`]).
+    fn fold(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (starts, items) = by_group(&self.pending, self.groups.len());
+        self.pending.clear();
+        for (g, sketch) in self.groups.iter_mut().enumerate() {
+            let items = &items[starts[g]..starts[g + 1]];
+            if items.is_empty() {
+                continue;
+            }
+            let before = sketch.heap_size();
+            items.iter().for_each(|&item| sketch.add_item(item));
+            self.heap = self.heap + sketch.heap_size() - before;
         }
     }
 
@@ -124,8 +150,21 @@ impl<S: Sketch> SketchGroups<S> {
         from_values: bool,
     ) -> DfResult<()> {
         self.groups.resize_with(total_num_groups, S::default);
-        let (name, groups, heap) = (self.name, &mut self.groups, &mut self.heap);
         let keep = |row: usize| !filtered_out(filter, row);
+        if from_values && S::BUFFERED {
+            let (name, pending) = (self.name, &mut self.pending);
+            S::for_each_item(values, |row, item| {
+                if keep(row) {
+                    pending.push((group_u32(group_indices, row, name)?, item));
+                }
+                Ok(())
+            })?;
+            if self.pending.len() >= PENDING_MAX {
+                self.fold();
+            }
+            return Ok(());
+        }
+        let (name, groups, heap) = (self.name, &mut self.groups, &mut self.heap);
         if from_values {
             S::for_each_item(values, |row, item| {
                 if keep(row) {
@@ -178,6 +217,7 @@ impl<S: Sketch> GroupsAccumulator for SketchGroups<S> {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
+        self.fold();
         let taken = emit_to.take_needed(&mut self.groups);
         let mut out = BinaryBuilder::with_capacity(taken.len(), taken.len() * 8);
         let mut buf = Vec::new();
@@ -223,7 +263,9 @@ impl<S: Sketch> GroupsAccumulator for SketchGroups<S> {
     }
 
     fn size(&self) -> usize {
-        self.groups.capacity() * std::mem::size_of::<S>() + self.heap
+        self.groups.capacity() * std::mem::size_of::<S>()
+            + self.heap
+            + self.pending.capacity() * std::mem::size_of::<(u32, S::Item)>()
     }
 }
 
@@ -253,6 +295,10 @@ mod tests {
         let mut acc = SketchGroups::<Hll>::new("hll_sketch", true);
         acc.update_batch(std::slice::from_ref(&a), &groups[..1500], None, 3)
             .unwrap();
+        // Folded once between the batches (as past PENDING_MAX rows), once when emitted.
+        assert_eq!(acc.pending.len(), 1500 - 1500_usize.div_ceil(7));
+        acc.fold();
+        assert!(acc.pending.is_empty());
         acc.update_batch(std::slice::from_ref(&b), &groups[1500..], None, 3)
             .unwrap();
         assert!(acc.size() > 0);

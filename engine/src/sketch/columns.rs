@@ -131,3 +131,39 @@ pub(crate) fn inputs(kind: &DataType) -> Vec<DataType> {
         other => vec![other.clone()],
     }
 }
+
+/// Rows an accumulator keeps unfolded at most (their group and value, 12-16 bytes each):
+/// past this they are folded into the groups.
+pub(crate) const PENDING_MAX: usize = 1 << 20;
+
+/// `pending`'s values (each with its group, of `groups`) ordered by group, in their order
+/// within one (a counting sort), and where each group's run starts (`groups + 1` offsets).
+/// Folding a batch of rows group by group keeps one group's state in the cache at a time: a
+/// row at a time into random groups cost a cache miss each once a day's groups outgrew it.
+pub(crate) fn by_group<T: Copy + Default>(
+    pending: &[(u32, T)],
+    groups: usize,
+) -> (Vec<usize>, Vec<T>) {
+    let mut starts = vec![0usize; groups + 1];
+    for &(g, _) in pending {
+        starts[g as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut sorted = vec![T::default(); pending.len()];
+    for &(g, v) in pending {
+        let slot = &mut next[g as usize];
+        sorted[*slot] = v;
+        *slot += 1;
+    }
+    (starts, sorted)
+}
+
+/// `group_indices[row]` as the `u32` the pending rows keep.
+pub(crate) fn group_u32(group_indices: &[usize], row: usize, function: &str) -> DfResult<u32> {
+    u32::try_from(group_indices[row]).map_err(|_| {
+        datafusion::common::DataFusionError::Execution(format!("{function}: more than 2^32 groups"))
+    })
+}

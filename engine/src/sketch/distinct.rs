@@ -36,10 +36,10 @@ use datafusion::logical_expr::{
 };
 
 use super::columns::binary_state_fields;
-use super::{filtered_out, for_each_bytes, hash64, inputs, DfResult, Hll, RowStates};
-
-/// Rows kept unfolded at most (16 bytes each): past this, they are folded into the sets.
-const PENDING_MAX: usize = 1 << 20;
+use super::{
+    by_group, filtered_out, for_each_bytes, group_u32, hash64, inputs, DfResult, Hll, RowStates,
+    PENDING_MAX,
+};
 
 /// The distinct value hashes of one group, sorted.
 #[derive(Debug, Clone)]
@@ -234,11 +234,6 @@ impl DistinctGroups {
         if self.groups.len() < total_num_groups {
             self.groups.resize_with(total_num_groups, Distinct::default);
         }
-        let group = |row: usize| -> DfResult<u32> {
-            u32::try_from(group_indices[row]).map_err(|_| {
-                DataFusionError::Execution("distinct_sketch: more than 2^32 groups".into())
-            })
-        };
         let fallback = if from_values {
             DataType::Utf8
         } else {
@@ -249,7 +244,7 @@ impl DistinctGroups {
             if filtered_out(filter, row) {
                 return Ok(());
             }
-            let g = group(row)?;
+            let g = group_u32(group_indices, row, "distinct_sketch")?;
             if from_values {
                 pending.push((g, hash64(v)));
             } else {
@@ -269,20 +264,7 @@ impl DistinctGroups {
         if self.pending.is_empty() {
             return;
         }
-        let mut starts = vec![0usize; self.groups.len() + 1];
-        for &(g, _) in &self.pending {
-            starts[g as usize + 1] += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut next = starts.clone();
-        let mut sorted = vec![0u64; self.pending.len()];
-        for &(g, h) in &self.pending {
-            let slot = &mut next[g as usize];
-            sorted[*slot] = h;
-            *slot += 1;
-        }
+        let (starts, mut sorted) = by_group(&self.pending, self.groups.len());
         self.pending.clear();
         let mut scratch = Vec::new();
         for (g, group) in self.groups.iter_mut().enumerate() {

@@ -310,6 +310,8 @@ fn fold(idx14: u16, rank14: u8) -> (u16, u8) {
 
 impl Sketch for Hll {
     type Item = u64;
+    // A register keeps the highest rank it saw: any order gives the same sketch.
+    const BUFFERED: bool = true;
     const INPUT: DataType = DataType::Utf8;
     fn for_each_item(
         values: &ArrayRef,

@@ -40,7 +40,9 @@ mod malformed;
 
 use datafusion::common::DataFusionError;
 
-pub(crate) use columns::{filtered_out, for_each_bytes, inputs, RowStates};
+pub(crate) use columns::{
+    by_group, filtered_out, for_each_bytes, group_u32, inputs, RowStates, PENDING_MAX,
+};
 pub use functions::register;
 pub(crate) use hll::hash64;
 pub use hll::Hll;
