@@ -481,9 +481,10 @@ async fn plan_run(
             // The last commit apart from the ones before it (each commit file read once): a
             // purge's run needs to know that only the last one changed rows.
             let first = v as u64 + 1;
-            let before = match first < to_version {
-                true => changed_dates(storage, spec.source, first, to_version - 1).await?,
-                false => Some(BTreeSet::new()),
+            let before = if first < to_version {
+                changed_dates(storage, spec.source, first, to_version - 1).await?
+            } else {
+                Some(BTreeSet::new())
             };
             let last = match before {
                 Some(_) => changed_dates(storage, spec.source, to_version, to_version).await?,
@@ -493,9 +494,10 @@ async fn plan_run(
                 (Some(before), Some(last)) => {
                     quiet_before_last = before.is_empty();
                     let dates: BTreeSet<NaiveDate> = before.into_iter().chain(last).collect();
-                    match dates.is_empty() {
-                        true => Work::Nothing,
-                        false => Work::Days(dates),
+                    if dates.is_empty() {
+                        Work::Nothing
+                    } else {
+                        Work::Days(dates)
                     }
                 }
                 _ => Work::Everything,

@@ -136,28 +136,50 @@ pub(crate) fn inputs(kind: &DataType) -> Vec<DataType> {
 /// past this they are folded into the groups.
 pub(crate) const PENDING_MAX: usize = 1 << 20;
 
+/// A counting sort: the `value`s of `items` ordered by their `key` (each below `keys`), in
+/// their order within a key, into `out`; returns where each key's run starts (`keys + 1`
+/// offsets).
+pub(crate) fn counting_sort<I, T: Copy + Default>(
+    items: &[I],
+    keys: usize,
+    key: impl Fn(&I) -> usize,
+    value: impl Fn(&I) -> T,
+    out: &mut Vec<T>,
+) -> Vec<usize> {
+    let mut starts = vec![0usize; keys + 1];
+    for item in items {
+        starts[key(item) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    out.clear();
+    out.resize(items.len(), T::default());
+    for item in items {
+        let slot = &mut next[key(item)];
+        out[*slot] = value(item);
+        *slot += 1;
+    }
+    starts
+}
+
 /// `pending`'s values (each with its group, of `groups`) ordered by group, in their order
-/// within one (a counting sort), and where each group's run starts (`groups + 1` offsets).
+/// within one ([`counting_sort`]), and where each group's run starts (`groups + 1` offsets).
 /// Folding a batch of rows group by group keeps one group's state in the cache at a time: a
 /// row at a time into random groups cost a cache miss each once a day's groups outgrew it.
 pub(crate) fn by_group<T: Copy + Default>(
     pending: &[(u32, T)],
     groups: usize,
 ) -> (Vec<usize>, Vec<T>) {
-    let mut starts = vec![0usize; groups + 1];
-    for &(g, _) in pending {
-        starts[g as usize + 1] += 1;
-    }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let mut next = starts.clone();
-    let mut sorted = vec![T::default(); pending.len()];
-    for &(g, v) in pending {
-        let slot = &mut next[g as usize];
-        sorted[*slot] = v;
-        *slot += 1;
-    }
+    let mut sorted = Vec::new();
+    let starts = counting_sort(
+        pending,
+        groups,
+        |&(g, _)| g as usize,
+        |&(_, v)| v,
+        &mut sorted,
+    );
     (starts, sorted)
 }
 

@@ -37,8 +37,8 @@ use datafusion::logical_expr::{
 
 use super::columns::binary_state_fields;
 use super::{
-    by_group, filtered_out, for_each_bytes, group_u32, hash64, inputs, DfResult, Hll, RowStates,
-    PENDING_MAX,
+    by_group, counting_sort, filtered_out, for_each_bytes, group_u32, hash64, inputs, DfResult,
+    Hll, RowStates, PENDING_MAX,
 };
 
 /// The distinct value hashes of one group, sorted.
@@ -122,9 +122,9 @@ fn merged(a: &[u64], b: &[u64]) -> Vec<u64> {
 }
 
 /// Sorts `hashes` (well mixed: [`hash64`]'s) in linear time: dealt into about one bucket per
-/// hash by their top bits (a counting sort through `scratch`), which are then in order, and
-/// each bucket sorted by insertion (a few hashes; a comparison sort past 16). A comparison sort of a day's visitors
-/// per group was a tenth of a `click_stats_daily` rebuild.
+/// hash by their top bits (a [`counting_sort`] through `scratch`), which are then in order,
+/// and each bucket sorted by insertion (a few hashes; a comparison sort past 16). A comparison
+/// sort of a day's visitors per group was a tenth of a `click_stats_daily` rebuild.
 fn sort_hashes(hashes: &mut [u64], scratch: &mut Vec<u64>) {
     let n = hashes.len();
     if n < 64 {
@@ -133,21 +133,8 @@ fn sort_hashes(hashes: &mut [u64], scratch: &mut Vec<u64>) {
     }
     let bits = usize::BITS - (n - 1).leading_zeros();
     let shift = 64 - bits;
-    let mut starts = vec![0usize; (1 << bits) + 1];
-    for &h in hashes.iter() {
-        starts[(h >> shift) as usize + 1] += 1;
-    }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    scratch.clear();
-    scratch.resize(n, 0);
-    let mut next = starts.clone();
-    for &h in hashes.iter() {
-        let slot = &mut next[(h >> shift) as usize];
-        scratch[*slot] = h;
-        *slot += 1;
-    }
+    let bucket_of = |h: &u64| (h >> shift) as usize;
+    let starts = counting_sort(hashes, 1 << bits, bucket_of, |&h| h, scratch);
     for bucket in starts.windows(2) {
         let b = &mut scratch[bucket[0]..bucket[1]];
         // Values chosen to share their top bits must not make this quadratic.

@@ -41,7 +41,8 @@ mod malformed;
 use datafusion::common::DataFusionError;
 
 pub(crate) use columns::{
-    by_group, filtered_out, for_each_bytes, group_u32, inputs, RowStates, PENDING_MAX,
+    by_group, counting_sort, filtered_out, for_each_bytes, group_u32, inputs, RowStates,
+    PENDING_MAX,
 };
 pub use functions::register;
 pub(crate) use hll::hash64;
