@@ -550,6 +550,13 @@ struct Computed {
     rows: usize,
 }
 
+/// Rows per batch in a rollup day's statements. A day of the per-item rollup groups ~530k rows
+/// into ~300k groups, and pays the grouping's work per batch (hashing, accumulator calls, the
+/// Parquet reader's buffers) once a batch: at DataFusion's 8,192 rows its rebuild took 6%
+/// longer and 4% more CPU than at 64k; the other rollups see no difference (docs/benchmarks.md,
+/// "2026-12-03 (night)"). A batch stays small beside a day's hash table.
+const ROLLUP_BATCH_ROWS: usize = 65_536;
+
 /// The rollup's rows for `days`, in `schema`: the rows of `statements(day)` for each day,
 /// collected or written as `sink` says.
 ///
@@ -572,6 +579,7 @@ async fn compute(
     let cores = strata_schemas::cores();
     let limits = QueryLimits {
         target_partitions: (cores / days.len().max(1)).max(1),
+        batch_rows: ROLLUP_BATCH_ROWS,
         ..Default::default()
     };
     let ctx = snapshot.context(runtime, &limits)?;
