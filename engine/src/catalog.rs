@@ -44,9 +44,9 @@ pub struct QueryLimits {
     /// Whether sessions carry `pg_catalog` and the Postgres functions clients call
     /// ([`crate::pg`]): on for the server's query surfaces, off for jobs.
     pub pg_catalog: bool,
-    /// Rows per batch that scans and operators produce: DataFusion's 8192 for queries, more
-    /// for the rollups' days (see `rollup::ROLLUP_BATCH_ROWS`).
-    pub batch_rows: usize,
+    /// Rows per batch that scans and operators produce. None: DataFusion's default (queries);
+    /// the rollups' days ask for more (see `rollup::ROLLUP_BATCH_ROWS`).
+    pub batch_rows: Option<usize>,
 }
 
 impl Default for QueryLimits {
@@ -58,7 +58,7 @@ impl Default for QueryLimits {
             target_partitions: strata_schemas::cores(),
             server_pool: None,
             pg_catalog: false,
-            batch_rows: 8192,
+            batch_rows: None,
         }
     }
 }
@@ -141,11 +141,13 @@ impl Snapshot {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(crate::pg::CATALOG, crate::pg::SCHEMA)
-            .with_target_partitions(limits.target_partitions.max(1))
-            .with_batch_size(limits.batch_rows.max(1));
+            .with_target_partitions(limits.target_partitions.max(1));
+        if let Some(rows) = limits.batch_rows {
+            config = config.with_batch_size(rows.max(1));
+        }
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)

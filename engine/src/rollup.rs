@@ -581,7 +581,7 @@ async fn compute(
     let cores = strata_schemas::cores();
     let limits = QueryLimits {
         target_partitions: (cores / days.len().max(1)).max(1),
-        batch_rows: ROLLUP_BATCH_ROWS,
+        batch_rows: Some(ROLLUP_BATCH_ROWS),
         ..Default::default()
     };
     let ctx = snapshot.context(runtime, &limits)?;
