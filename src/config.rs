@@ -55,15 +55,24 @@ pub struct StorageConfig {
         value_delimiter = ','
     )]
     pub storage_options: Vec<String>,
+    /// Memory the jobs of this process share, in MiB: rollups (scheduled or a purge's), a
+    /// purge's verification, exports. Past it the job fails and says so (no spill files).
+    #[arg(long, env = "STRATA_JOBS_MEMORY_MB", default_value_t = StorageConfig::DEFAULT_JOBS_MEMORY_MB)]
+    pub jobs_memory_mb: usize,
 }
 
 impl StorageConfig {
+    /// An items rollup rebuild at 20M events peaks at ~420 MiB of RSS on 2 cores (days in
+    /// flight = cores): 2 GiB leaves room for a purge's rollups beside a scheduled run.
+    pub const DEFAULT_JOBS_MEMORY_MB: usize = 2048;
+
     pub fn options(&self) -> anyhow::Result<StorageOptions> {
         Ok(StorageOptions {
             url: self.storage_url.clone(),
             options: pairs(&self.storage_options, "--storage-option")?
                 .into_iter()
                 .collect(),
+            jobs_memory_bytes: Some(self.jobs_memory_mb.max(1) << 20),
         })
     }
 }

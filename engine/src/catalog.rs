@@ -20,7 +20,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -124,7 +124,9 @@ impl Snapshot {
             (Some(server), Some(b)) => Arc::new(QueryShare::new(server.clone(), b)),
             (Some(server), None) => server.clone(),
             (None, Some(b)) => Arc::new(GreedyMemoryPool::new(b)),
-            (None, None) => Arc::new(UnboundedMemoryPool::default()),
+            // A job's statements: the pool of the catalog's runtime, which is the jobs' pool of
+            // its storage when one is set (`Catalog::open`).
+            (None, None) => base.memory_pool.clone(),
         };
         // No spill files: a query over HTTP must not touch the local filesystem.
         // Parquet footers are cached across queries (the catalog's runtime holds the cache,
@@ -269,7 +271,13 @@ impl Catalog {
     pub async fn open(storage: &Storage) -> Result<Arc<Self>> {
         let catalog = Arc::new(Self {
             storage: storage.clone(),
-            runtime: Arc::new(RuntimeEnv::default()),
+            // The jobs' pool of the storage: what a job's statements run under (`context`).
+            runtime: match storage.jobs_pool() {
+                Some(pool) => RuntimeEnvBuilder::new()
+                    .with_memory_pool(pool.clone())
+                    .build_arc()?,
+                None => Arc::new(RuntimeEnv::default()),
+            },
             loaded: tokio::sync::Mutex::new(Loaded::default()),
             current: parking_lot::RwLock::new(Arc::new(Snapshot::default())),
             health: parking_lot::RwLock::default(),

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! server pool (--server-memory-mb) <- QueryShare (--query-memory-mb) <- one query's operators
+//! jobs pool (--jobs-memory-mb)                                        <- a job's queries
 //! ```
 //!
 //! A query's reservations count against its own share and against the server's pool: 200
@@ -21,6 +22,74 @@ use datafusion::execution::memory_pool::{
 /// The pool all queries of a server share.
 pub fn server_pool(bytes: usize) -> Arc<dyn MemoryPool> {
     Arc::new(GreedyMemoryPool::new(bytes))
+}
+
+/// The pool the jobs of a process share: rollups (scheduled or run by a purge), a purge's
+/// verification, exports. Apart from the queries' pool, so that a rollup never takes the
+/// memory of the API's queries, nor they its memory. Past it, the reservation fails with an
+/// error naming the setting; spill stays off, so the job fails (the scheduler runs it again on
+/// its next tick, a purge request is resumed).
+pub fn jobs_pool(bytes: usize) -> Arc<dyn MemoryPool> {
+    Arc::new(JobsPool {
+        limit: bytes,
+        used: AtomicUsize::new(0),
+    })
+}
+
+#[derive(Debug)]
+struct JobsPool {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl Display for JobsPool {
+    fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "jobs pool (used: {} of {} bytes)",
+            self.used.load(Ordering::Relaxed),
+            self.limit
+        )
+    }
+}
+
+impl MemoryPool for JobsPool {
+    fn name(&self) -> &str {
+        "jobs"
+    }
+
+    fn grow(&self, _reservation: &MemoryReservation, additional: usize) {
+        self.used.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, _reservation: &MemoryReservation, shrink: usize) {
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    fn try_grow(&self, _reservation: &MemoryReservation, additional: usize) -> DfResult<()> {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                let next = used.checked_add(additional)?;
+                (next <= self.limit).then_some(next)
+            })
+            .map_err(|used| {
+                resources_datafusion_err!(
+                    "the jobs' memory is used up: they hold {used} bytes, one asked for \
+                     {additional} more, the limit is {} bytes (--jobs-memory-mb, [storage] \
+                     jobs_memory_mb); raise it, or run fewer jobs at once",
+                    self.limit
+                )
+            })?;
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit)
+    }
 }
 
 /// One query's share of a shared pool.
@@ -120,5 +189,23 @@ mod tests {
         drop(ra);
         assert_eq!(server.reserved(), 400);
         rb.try_grow(200).unwrap();
+    }
+
+    #[test]
+    fn jobs_are_bounded_by_their_pool_and_the_error_names_the_setting() {
+        let jobs = jobs_pool(1000);
+        let a = MemoryConsumer::new("a").register(&jobs);
+        let b = MemoryConsumer::new("b").register(&jobs);
+        a.try_grow(700).unwrap();
+        let e = b.try_grow(400).unwrap_err().to_string();
+        assert!(
+            e.contains("--jobs-memory-mb") && e.contains("700 bytes"),
+            "{e}"
+        );
+        assert_eq!(jobs.reserved(), 700, "a refused grow is not counted");
+        b.try_grow(300).unwrap();
+        drop(a);
+        assert_eq!(jobs.reserved(), 300);
+        b.try_grow(600).unwrap();
     }
 }

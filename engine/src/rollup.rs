@@ -167,9 +167,9 @@ impl RollupBuilder {
         // A purge's rollups recompute a few days each: its chains (a rollup, then the rollups
         // of that rollup) run at once, so that one's commit overlaps another's computing.
         // Other runs (a rebuild computes every day, each already on every core) run one
-        // rollup at a time, so that one rollup's days are in memory at once. (A rollup's
-        // context has no memory pool of its own: its memory is bounded by the days in flight,
-        // not by the server's pool.)
+        // rollup at a time, so that one rollup's days are in memory at once. Every rollup's
+        // statements run under the jobs' pool of the storage (`--jobs-memory-mb`), apart from
+        // the queries' pool.
         let chains = if self.purged.is_empty() {
             vec![selected]
         } else {

@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
 
+use datafusion::execution::memory_pool::MemoryPool;
 use deltalake::{DeltaTableBuilder, ObjectStore};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -17,6 +18,9 @@ pub struct StorageOptions {
     /// Object-store options (`aws_endpoint`, `aws_allow_http`, ...). The usual environment
     /// variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) are read as well.
     pub options: HashMap<String, String>,
+    /// Memory the jobs of this process share (rollups, a purge's rollups and verification,
+    /// exports; see [`crate::memory::jobs_pool`]). None: unbounded.
+    pub jobs_memory_bytes: Option<usize>,
 }
 
 impl Default for StorageOptions {
@@ -24,6 +28,7 @@ impl Default for StorageOptions {
         Self {
             url: "./data".into(),
             options: HashMap::new(),
+            jobs_memory_bytes: None,
         }
     }
 }
@@ -34,6 +39,8 @@ pub struct Storage {
     root: Url,
     options: HashMap<String, String>,
     store: Arc<dyn ObjectStore>,
+    /// The pool every job's query on this root shares in this process (None: unbounded).
+    jobs_pool: Option<Arc<dyn MemoryPool>>,
 }
 
 static REGISTER: Once = Once::new();
@@ -65,6 +72,7 @@ impl Storage {
             root,
             options,
             store,
+            jobs_pool: opts.jobs_memory_bytes.map(crate::memory::jobs_pool),
         };
         storage.probe().await?;
         Ok(storage)
@@ -117,6 +125,12 @@ impl Storage {
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The memory pool the jobs on this root share in this process: every catalog opened on
+    /// this storage runs its jobs' queries under it (None: unbounded).
+    pub fn jobs_pool(&self) -> Option<&Arc<dyn MemoryPool>> {
+        self.jobs_pool.as_ref()
     }
 
     /// Writes `body` at `path` only when nothing is there yet (a conditional put, the one way

@@ -146,6 +146,13 @@ pub const KEYS: &[Key] = &[
         ),
         Secret::PairValues,
     ),
+    key(
+        "storage",
+        "jobs_memory_mb",
+        "STRATA_JOBS_MEMORY_MB",
+        "jobs_memory_mb",
+        Kind::Uint,
+    ),
     key("kafka", "brokers", "STRATA_BROKERS", "brokers", Kind::Text),
     key("kafka", "group", "STRATA_GROUP", "group", Kind::Text),
     key(

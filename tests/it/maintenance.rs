@@ -60,6 +60,49 @@ fn parquet_files(dir: &Path) -> usize {
 }
 
 #[test]
+fn a_rollup_past_the_jobs_memory_fails_saying_so_and_runs_once_there_is_room() {
+    let dir = test_dir();
+    let root = local_storage(dir.path());
+    // 100k events on two days: a day's grouping reserves more than 1 MiB.
+    gen_into(&root, 7, 100_000, 2);
+    let out = run_err(
+        strata()
+            .arg("rollup")
+            .env("STRATA_JOBS_MEMORY_MB", "1")
+            .args(&root),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the jobs' memory is used up") && err.contains("the limit is 1048576 bytes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--jobs-memory-mb"),
+        "the error names the setting: {err}"
+    );
+    // The run stops at the first rollup that fails, and records it.
+    let runs = sql(&root, "SELECT job, status, detail FROM job_runs");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["job"], "rollup:click_stats_daily");
+    assert_eq!(runs[0]["status"], "failed");
+    assert!(runs[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("--jobs-memory-mb"));
+    assert_eq!(
+        count(&root, "SELECT count(*) AS n FROM click_stats_daily"),
+        0
+    );
+
+    // With the default pool the same run completes: every click is counted once.
+    run_ok(strata().arg("rollup").args(&root));
+    let clicks = count(&root, "SELECT count(*) AS n FROM link_clicks");
+    assert!(clicks > 50_000, "{clicks}");
+    let rolled = "SELECT CAST(sum(clicks) AS BIGINT) AS n FROM click_stats_daily";
+    assert_eq!(count(&root, rolled), clicks);
+}
+
+#[test]
 fn retention_lists_then_removes_exactly_the_expired_days_and_keeps_the_rollups() {
     let dir = test_dir();
     let root = local_storage(dir.path());
