@@ -72,7 +72,7 @@ impl StorageConfig {
             options: pairs(&self.storage_options, "--storage-option")?
                 .into_iter()
                 .collect(),
-            jobs_memory_bytes: Some(self.jobs_memory_mb.max(1) << 20),
+            jobs_memory_bytes: Some(self.jobs_memory_mb.max(1).saturating_mul(1 << 20)),
         })
     }
 }

@@ -28,7 +28,7 @@ pub fn server_pool(bytes: usize) -> Arc<dyn MemoryPool> {
 /// verification, exports. Apart from the queries' pool, so that a rollup never takes the
 /// memory of the API's queries, nor they its memory. Past it, the reservation fails with an
 /// error naming the setting; spill stays off, so the job fails (the scheduler runs it again on
-/// its next tick, a purge request is resumed).
+/// its next tick; a purge reports the error and its request can be run again).
 pub fn jobs_pool(bytes: usize) -> Arc<dyn MemoryPool> {
     Arc::new(JobsPool {
         limit: bytes,
