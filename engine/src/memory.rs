@@ -31,25 +31,58 @@ pub fn server_pool(bytes: usize) -> Arc<dyn MemoryPool> {
 /// its next tick; a purge reports the error and its request can be run again).
 pub fn jobs_pool(bytes: usize) -> Arc<dyn MemoryPool> {
     Arc::new(JobsPool {
-        limit: bytes,
-        used: AtomicUsize::new(0),
+        bytes: Bounded::new(bytes),
     })
 }
 
+/// Bytes held against a limit.
 #[derive(Debug)]
-struct JobsPool {
+struct Bounded {
     limit: usize,
     used: AtomicUsize,
 }
 
+impl Bounded {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn grow(&self, additional: usize) {
+        self.used.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, shrink: usize) {
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    /// Takes `additional` more bytes, or, when that would pass the limit, takes nothing and
+    /// answers the bytes held.
+    fn try_grow(&self, additional: usize) -> Result<(), usize> {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                let next = used.checked_add(additional)?;
+                (next <= self.limit).then_some(next)
+            })
+            .map(|_| ())
+    }
+
+    fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct JobsPool {
+    bytes: Bounded,
+}
+
 impl Display for JobsPool {
     fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "jobs pool (used: {} of {} bytes)",
-            self.used.load(Ordering::Relaxed),
-            self.limit
-        )
+        let (used, limit) = (self.bytes.used(), self.bytes.limit);
+        write!(f, "jobs pool (used: {used} of {limit} bytes)")
     }
 }
 
@@ -59,36 +92,30 @@ impl MemoryPool for JobsPool {
     }
 
     fn grow(&self, _reservation: &MemoryReservation, additional: usize) {
-        self.used.fetch_add(additional, Ordering::Relaxed);
+        self.bytes.grow(additional);
     }
 
     fn shrink(&self, _reservation: &MemoryReservation, shrink: usize) {
-        self.used.fetch_sub(shrink, Ordering::Relaxed);
+        self.bytes.shrink(shrink);
     }
 
     fn try_grow(&self, _reservation: &MemoryReservation, additional: usize) -> DfResult<()> {
-        self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                let next = used.checked_add(additional)?;
-                (next <= self.limit).then_some(next)
-            })
-            .map_err(|used| {
-                resources_datafusion_err!(
-                    "the jobs' memory is used up: they hold {used} bytes, one asked for \
-                     {additional} more, the limit is {} bytes (--jobs-memory-mb, [storage] \
-                     jobs_memory_mb); raise it, or run fewer jobs at once",
-                    self.limit
-                )
-            })?;
-        Ok(())
+        self.bytes.try_grow(additional).map_err(|used| {
+            resources_datafusion_err!(
+                "the jobs' memory is used up: they hold {used} bytes, one asked for \
+                 {additional} more, the limit is {} bytes (--jobs-memory-mb, [storage] \
+                 jobs_memory_mb); raise it, or run fewer jobs at once",
+                self.bytes.limit
+            )
+        })
     }
 
     fn reserved(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.bytes.used()
     }
 
     fn memory_limit(&self) -> MemoryLimit {
-        MemoryLimit::Finite(self.limit)
+        MemoryLimit::Finite(self.bytes.limit)
     }
 }
 
@@ -96,27 +123,24 @@ impl MemoryPool for JobsPool {
 #[derive(Debug)]
 pub struct QueryShare {
     shared: Arc<dyn MemoryPool>,
-    limit: usize,
-    used: AtomicUsize,
+    bytes: Bounded,
 }
 
 impl QueryShare {
     pub fn new(shared: Arc<dyn MemoryPool>, limit: usize) -> Self {
         Self {
             shared,
-            limit,
-            used: AtomicUsize::new(0),
+            bytes: Bounded::new(limit),
         }
     }
 }
 
 impl Display for QueryShare {
     fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
+        let (used, limit) = (self.bytes.used(), self.bytes.limit);
         write!(
             f,
-            "query share (used: {} of {} bytes) of {}",
-            self.used.load(Ordering::Relaxed),
-            self.limit,
+            "query share (used: {used} of {limit} bytes) of {}",
             self.shared
         )
     }
@@ -128,29 +152,24 @@ impl MemoryPool for QueryShare {
     }
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
-        self.used.fetch_add(additional, Ordering::Relaxed);
+        self.bytes.grow(additional);
         self.shared.grow(reservation, additional);
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        self.used.fetch_sub(shrink, Ordering::Relaxed);
+        self.bytes.shrink(shrink);
         self.shared.shrink(reservation, shrink);
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> DfResult<()> {
-        self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                let next = used.checked_add(additional)?;
-                (next <= self.limit).then_some(next)
-            })
-            .map_err(|used| {
-                resources_datafusion_err!(
-                    "the query's memory share is used up: it holds {used} bytes, asked for {additional} more, its limit is {} bytes",
-                    self.limit
-                )
-            })?;
+        self.bytes.try_grow(additional).map_err(|used| {
+            resources_datafusion_err!(
+                "the query's memory share is used up: it holds {used} bytes, asked for {additional} more, its limit is {} bytes",
+                self.bytes.limit
+            )
+        })?;
         if let Err(e) = self.shared.try_grow(reservation, additional) {
-            self.used.fetch_sub(additional, Ordering::Relaxed);
+            self.bytes.shrink(additional);
             return Err(resources_datafusion_err!(
                 "the server's memory for queries is in use by other queries ({e}); retry shortly"
             ));
@@ -159,11 +178,11 @@ impl MemoryPool for QueryShare {
     }
 
     fn reserved(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.bytes.used()
     }
 
     fn memory_limit(&self) -> MemoryLimit {
-        MemoryLimit::Finite(self.limit)
+        MemoryLimit::Finite(self.bytes.limit)
     }
 }
 
