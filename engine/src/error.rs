@@ -59,7 +59,9 @@ impl EngineError {
         let root = e.find_root();
         match root {
             // A job's pool names its own setting and what to do.
-            D::ResourcesExhausted(m) if m.contains("--jobs-memory-mb") => Self::Limit(m.clone()),
+            D::ResourcesExhausted(m) if m.contains(crate::memory::JOBS_MEMORY_FLAG) => {
+                Self::Limit(m.clone())
+            }
             D::ResourcesExhausted(m) => Self::Limit(format!(
                 "the query needs more memory than its limit allows ({m}); narrow it or aggregate more"
             )),

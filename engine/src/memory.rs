@@ -24,6 +24,10 @@ pub fn server_pool(bytes: usize) -> Arc<dyn MemoryPool> {
     Arc::new(GreedyMemoryPool::new(bytes))
 }
 
+/// The flag that sets the jobs' pool: its errors name it, and [`crate::EngineError`] passes an
+/// error naming it on as it is (it already says what to do).
+pub(crate) const JOBS_MEMORY_FLAG: &str = "--jobs-memory-mb";
+
 /// The pool the jobs of a process share: rollups (scheduled or run by a purge), a purge's
 /// verification, exports. Apart from the queries' pool, so that a rollup never takes the
 /// memory of the API's queries, nor they its memory. Past it, the reservation fails with an
@@ -103,7 +107,7 @@ impl MemoryPool for JobsPool {
         self.bytes.try_grow(additional).map_err(|used| {
             resources_datafusion_err!(
                 "the jobs' memory is used up: they hold {used} bytes, one asked for \
-                 {additional} more, the limit is {} bytes (--jobs-memory-mb, [storage] \
+                 {additional} more, the limit is {} bytes ({JOBS_MEMORY_FLAG}, [storage] \
                  jobs_memory_mb); raise it, or run fewer jobs at once",
                 self.bytes.limit
             )
